@@ -1,0 +1,114 @@
+"""
+Checkpoints: written atomically, read safely, turned back into a model.
+
+A checkpoint is a dict of tensors and plain Python values only, so that it loads with
+torch.load(weights_only=True), which cannot run code hidden in a file.
+"""
+
+import glob
+import os
+import random
+
+import numpy as np
+import torch
+
+from configurator import UserError
+from model import GPT, GPTConfig, Seq2SeqConfig, Seq2SeqTransformer
+
+MODEL_CLASSES = {'gpt': (GPT, GPTConfig), 'seq2seq': (Seq2SeqTransformer, Seq2SeqConfig)}
+REQUIRED_KEYS = ('model', 'model_args', 'iter_num')
+
+
+def save_checkpoint(checkpoint, out_dir, keep_last=0):
+    """Write out_dir/ckpt.pt so that it is always either the old or the new file, whole:
+    write a temporary file, fsync it, then rename it over (atomic on POSIX). A failed write
+    raises and leaves the previous checkpoint as it was. keep_last > 0 keeps that many
+    earlier checkpoints as ckpt-<iter>.pt."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, 'ckpt.pt')
+    tmp = os.path.join(out_dir, f'.ckpt.pt.tmp{os.getpid()}')
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if keep_last > 0 and os.path.exists(path):  # a second name for the old file; ckpt.pt never goes missing
+            previous = torch.load(path, map_location='cpu', weights_only=True, mmap=True)['iter_num']
+            older = os.path.join(out_dir, f'ckpt-{previous}.pt')
+            if not os.path.exists(older):
+                os.link(path, older)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    fsync_dir(out_dir)
+    if keep_last > 0:
+        older = sorted(glob.glob(os.path.join(out_dir, 'ckpt-*.pt')), key=os.path.getmtime)
+        for stale in older[:-keep_last]:
+            os.remove(stale)
+
+
+def fsync_dir(path):
+    """Make the rename itself durable (the directory entry), not only the file's bytes."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(out_dir):
+    """The checkpoint in out_dir, or a one-line UserError saying what is wrong with it."""
+    path = os.path.join(out_dir, 'ckpt.pt')
+    if not os.path.exists(path):
+        raise UserError(f"no checkpoint at {path}: train a model first, or point --out_dir at a run's folder")
+    try:
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is not a readable checkpoint ({reason[:150]}): it is truncated, corrupt or not a "
+                        f"torch file; restore it or delete it and train again") from None
+    if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in REQUIRED_KEYS):
+        raise UserError(f"{path} is not a checkpoint of this project (it lacks {', '.join(REQUIRED_KEYS)})")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint, model_type=None):
+    """Build the checkpoint's model and load its weights."""
+    kind = checkpoint.get('model_type', 'gpt')
+    if model_type is not None and kind != model_type:
+        raise UserError(f"the checkpoint holds a {kind} model but model_type is {model_type}: "
+                        f"use --model_type={kind} or another --out_dir")
+    model_class, config_class = MODEL_CLASSES[kind]
+    try:
+        model = model_class(config_class(**checkpoint['model_args']))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"the checkpoint's model settings are not valid for this code: {e}") from None
+    state = {k.removeprefix('_orig_mod.'): v for k, v in checkpoint['model'].items()}  # saved from a compiled model
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        detail = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise UserError(f"the checkpoint's weights do not fit its model settings ({detail[:150]})") from None
+    return model
+
+
+# Random number generators: saved so that a resumed run draws exactly what an uninterrupted one would.
+
+def rng_state():
+    state = {'python': random.getstate(), 'torch': torch.get_rng_state()}
+    np_state = np.random.get_state()
+    state['numpy'] = (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:])
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(state['python'])
+    torch.set_rng_state(state['torch'])
+    kind, keys, *rest = state['numpy']
+    np.random.set_state((kind, keys.numpy(), *rest))
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state['cuda'])

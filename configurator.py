@@ -1,0 +1,106 @@
+"""
+Settings for the scripts, nanoGPT style: each script defines its settings as plain
+module-level variables; then, in the order given on the command line,
+
+    python train.py config/train_shakespeare_char.py --batch_size=32 --compile=False
+
+a config file (trusted Python, executed) and `--key=value` flags (parsed as Python
+literals only, never executed) override them. Unknown keys and values of the wrong
+type are one-line errors that name the key and the closest valid one.
+"""
+
+import ast
+import difflib
+import os
+import sys
+
+SETTING_TYPES = (bool, int, float, str, type(None))
+
+
+class UserError(Exception):
+    """Bad input from the user. Scripts print it as one line, `error: <message>`, and exit with status 1."""
+
+
+def settings_of(namespace):
+    """The settings among a module's globals: public names bound to plain values."""
+    return {k: v for k, v in namespace.items() if not k.startswith('_') and isinstance(v, SETTING_TYPES)}
+
+
+def unknown_key(key, settings):
+    close = difflib.get_close_matches(key, settings, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return UserError(f"unknown setting '{key}'{hint}")
+
+
+def checked(key, value, default):
+    """`value` for setting `key`, converted to the default's type where that is lossless."""
+    if default is None or value is None and isinstance(default, str) or type(value) is type(default):
+        return value
+    if isinstance(default, float) and type(value) is int:
+        return float(value)
+    raise UserError(f"setting '{key}' expects {type(default).__name__} (default {default!r}), got {value!r}")
+
+
+def parse_flag(key, text, default):
+    """A flag's value: a Python literal; a bare word is a string when a string is expected."""
+    if isinstance(default, bool) and text.lower() in ('true', 'false'):
+        return text.lower() == 'true'
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if isinstance(default, str) or default is None:
+            return text
+        raise UserError(f"setting '{key}' expects {type(default).__name__}, got {text!r}") from None
+    if isinstance(default, str) and not isinstance(value, str):
+        return text  # e.g. --start=123 is the text "123"
+    return value
+
+
+def run_config_file(path, settings):
+    """Execute a config file over the current settings; return the settings it changed."""
+    if not os.path.isfile(path):
+        raise UserError(f"config file {path} not found (settings are given as --key=value)")
+    namespace = dict(settings)
+    with open(path) as f:
+        code = compile(f.read(), path, 'exec')
+    exec(code, namespace)
+    changed = {}
+    for key, value in namespace.items():
+        if key.startswith('_') or key == '__builtins__' or not isinstance(value, SETTING_TYPES):
+            continue  # imports, helpers
+        if key not in settings:
+            raise UserError(f"{path}: {unknown_key(key, settings)}")
+        if value is not settings[key] and value != settings[key]:
+            changed[key] = checked(key, value, settings[key])
+    return changed
+
+
+def configure(settings, argv=None):
+    """Apply config files and --key=value flags from argv to a copy of `settings`.
+    Returns (settings, the set of keys the user set explicitly)."""
+    argv = sys.argv[1:] if argv is None else argv
+    settings, explicit = dict(settings), set()
+    for arg in argv:
+        if arg.startswith('--'):
+            key, sep, text = arg[2:].partition('=')
+            if key not in settings:
+                raise unknown_key(key, settings)
+            if not sep:
+                raise UserError(f"flag --{key} needs a value: --{key}=VALUE")
+            changed = {key: checked(key, parse_flag(key, text, settings[key]), settings[key])}
+        elif arg.endswith('.py'):
+            changed = run_config_file(arg, settings)
+        else:
+            raise UserError(f"unexpected argument {arg!r}: give a config file (config/x.py) or --key=value")
+        settings.update(changed)
+        explicit |= set(changed)
+    return settings, explicit
+
+
+def run_cli(main):
+    """Run a script's main(), printing a UserError as one line on stderr with exit status 1."""
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,137 @@
+"""Multi30k (task 1): German-English image captions, for translation.
+
+Trains one BPE vocabulary shared by both languages on the training sentences,
+then writes, for each split (train, val, test = test_2016_flickr) and language
+(de, en):
+    {split}.{lang}.bin   the ids of all sentences, concatenated (no <bos>/<eos>), uint16
+    {split}.{lang}.idx   int64 offsets, one more than there are sentences:
+                         sentence i is ids[idx[i]:idx[i+1]]
+    {split}.{lang}.txt   the raw sentences, one per line (references for BLEU)
+and meta.pkl with the tokenizer and its special ids.
+
+    python prepare/multi30k.py [--input FOLDER] [--vocab_size 8000] [--out_dir data/multi30k]
+
+FOLDER holds train.de.gz, train.en.gz, val.de.gz, ... (or the same files uncompressed).
+"""
+import gzip
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python prepare/<name>.py` finds the repo's modules
+
+from configurator import UserError
+from prepare import default_out_dir, find_input, make_arg_parser, staged_outputs, tokenizer_meta
+from tokenizer import SubwordTokenizer
+
+NAME = 'multi30k'
+URL = 'https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/{}'
+SPLITS = {'train': 'train', 'val': 'val', 'test': 'test_2016_flickr'}  # our name -> the dataset's file name
+SRC_LANG, TGT_LANG = 'de', 'en'
+MAX_VOCAB_SIZE = 16000  # plenty for 30k sentence pairs; a bigger vocabulary leaves most tokens rarely seen
+
+
+def find_raw_file(stem, lang, out_dir, input_dir=None):
+    """The file with the `lang` sentences of one split: from `input_dir`, a download or the mirror."""
+    name = f'{stem}.{lang}.gz'
+    if input_dir is None:
+        return find_input(URL.format(name), out_dir, f'multi30k/{name}')
+    for candidate in (Path(input_dir) / name, Path(input_dir) / f'{stem}.{lang}'):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f'--input {input_dir}: the folder has neither {name} nor {stem}.{lang}')
+
+
+def read_lines(path):
+    """The lines of a text file, gzipped or not, without their line endings."""
+    opener = gzip.open if path.suffix == '.gz' else open
+    try:
+        with opener(path, 'rt', encoding='utf-8') as f:
+            lines = f.read().split('\n')
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f'cannot read {path}: {e}') from None
+    if lines[-1] == '':  # after the file's final newline
+        lines.pop()
+    return lines
+
+
+def read_corpus(out_dir, input_dir=None):
+    """{split: {lang: list of sentences}}, with the same number of sentences in both languages."""
+    corpus = {}
+    for split, stem in SPLITS.items():
+        corpus[split] = {lang: read_lines(find_raw_file(stem, lang, out_dir, input_dir))
+                         for lang in (SRC_LANG, TGT_LANG)}
+        counts = [len(lines) for lines in corpus[split].values()]
+        if counts[0] != counts[1]:
+            raise UserError(f'the {split} split has {counts[0]:,} German but {counts[1]:,} English sentences; '
+                            f'they must be line-by-line translations')
+    return corpus
+
+
+def sentence_offsets(sentences_ids):
+    """Where each sentence starts in the concatenated ids, plus the total length at the end."""
+    lengths = [len(ids) for ids in sentences_ids]
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+
+def count_round_trips(tokenizer, sentences, sentences_ids):
+    """How many sentences decode back to exactly the same text (NFKC may change a few characters)."""
+    return sum(tokenizer.decode(ids) == sentence for sentence, ids in zip(sentences, sentences_ids))
+
+
+def write_split(out, tokenizer, prefix, sentences, dtype):
+    """Write the .bin, .idx and .txt files of one split and language; print their statistics."""
+    sentences_ids = tokenizer.encode_batch(sentences)
+    offsets = sentence_offsets(sentences_ids)
+    out.write_array(f'{prefix}.bin', [i for ids in sentences_ids for i in ids], dtype)
+    out.write_array(f'{prefix}.idx', offsets, np.int64)
+    out.write_text(f'{prefix}.txt', ''.join(sentence + '\n' for sentence in sentences))
+    n_tokens = int(offsets[-1])
+    n_unknown = sum(ids.count(tokenizer.unk_id) for ids in sentences_ids)
+    n_exact = count_round_trips(tokenizer, sentences, sentences_ids)
+    print(f'{prefix}: {len(sentences):,} sentences, {n_tokens:,} tokens '
+          f'({n_tokens / max(len(sentences), 1):.1f} per sentence), {n_unknown:,} <unk>, '
+          f'{n_exact:,} round-trip exactly')
+
+
+def prepare(out_dir=None, input_path=None, vocab_size=8000):
+    """Write the token, offset and text files and meta.pkl into `out_dir` and return that folder.
+
+    `input_path` is a folder holding the raw files (None: download, or use the offline mirror).
+    """
+    n_special = len(SubwordTokenizer.SPECIAL_TOKENS)
+    if not n_special < vocab_size <= MAX_VOCAB_SIZE:
+        raise UserError(f'--vocab_size must be between {n_special + 1} and {MAX_VOCAB_SIZE}, not {vocab_size}')
+    if input_path is not None and not Path(input_path).is_dir():
+        raise UserError(f'--input {input_path}: no such folder')
+    out_dir = Path(out_dir or default_out_dir(NAME))
+    corpus = read_corpus(out_dir, input_path)
+    print(f'training a joint {SRC_LANG}+{TGT_LANG} BPE vocabulary of up to {vocab_size:,} tokens')
+    train = corpus['train']
+    tokenizer = SubwordTokenizer.train(train[SRC_LANG] + train[TGT_LANG], vocab_size, show_progress=True)
+    print(f'vocab size: {tokenizer.vocab_size:,}')
+    meta = tokenizer_meta(tokenizer, pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
+                          unk_id=tokenizer.unk_id, src_lang=SRC_LANG, tgt_lang=TGT_LANG)
+    with staged_outputs(out_dir) as out:
+        for split, sentences_by_lang in corpus.items():
+            for lang, sentences in sentences_by_lang.items():
+                write_split(out, tokenizer, f'{split}.{lang}', sentences, meta['dtype'])
+        out.write_meta(meta)
+    print(f'wrote {out_dir}')
+    return out_dir
+
+
+def main(argv=None):
+    parser = make_arg_parser(NAME, __doc__.splitlines()[0])
+    parser.add_argument('--vocab_size', type=int, default=8000,
+                        help=f'size of the joint BPE vocabulary, at most {MAX_VOCAB_SIZE} (default: %(default)s)')
+    args = parser.parse_args(argv)
+    prepare(out_dir=args.out_dir, input_path=args.input, vocab_size=args.vocab_size)
+
+
+if __name__ == '__main__':
+    try:
+        main()
+    except UserError as e:
+        sys.exit(f'error: {e}')

@@ -1,0 +1,153 @@
+"""
+Sample from a trained model, from GPT-2's weights, or translate with an encoder-decoder:
+
+    python sample.py                                         # from what `python train.py` trained
+    python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --num_samples=3
+    python sample.py --out_dir=out-shakespeare-char --start=FILE:prompt.txt
+    python sample.py --out_dir=out-multi30k --start="Zwei Hunde spielen im Schnee."
+    python sample.py --out_dir=out-multi30k --start=FILE:data/multi30k/test.de.txt --reference=data/multi30k/test.en.txt
+"""
+
+import os
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+
+from checkpoint import load_checkpoint, model_from_checkpoint
+from configurator import UserError, configure, run_cli, settings_of
+from model import GPT
+from tokenizer import TiktokenTokenizer, load_meta, tokenizer_from_meta, tokenizer_from_state
+from train import resolve_device
+
+# -----------------------------------------------------------------------------
+init_from = 'resume'  # 'resume' (from out_dir) or a GPT-2 variant: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'
+out_dir = 'out'
+start = "\n"  # the prompt (a source sentence for seq2seq), or FILE:path to read it from a file
+num_samples = 10
+max_new_tokens = 500
+temperature = 0.8  # 1.0 = the model's distribution, lower = more conservative, 0 = greedy
+top_k = 200  # keep only the top_k likeliest tokens; 0 = all
+top_p = 1.0  # nucleus sampling: keep the likeliest tokens holding this much probability; 1.0 = all
+seed = 1337
+device = 'auto'
+dtype = 'auto'  # 'float32' | 'bfloat16' | 'float16' | 'auto'
+compile = False
+# seq2seq (translation)
+beam_size = 4
+length_penalty = 0.6
+batch_size = 64  # sentences translated at once when start is a file
+reference = ''  # a file of reference translations: print the BLEU score of the output against it
+# -----------------------------------------------------------------------------
+DEFAULTS = settings_of(globals())
+
+
+def read_prompt(text):
+    if not text.startswith('FILE:'):
+        return text
+    path = text[len('FILE:'):]
+    if not os.path.isfile(path):
+        raise UserError(f"prompt file {path} not found (start=FILE:path reads the prompt from a file)")
+    with open(path, encoding='utf-8') as f:
+        return f.read()
+
+
+def load_model():
+    """(model, tokenizer, checkpoint or None)."""
+    if init_from.startswith('gpt2'):
+        return GPT.from_pretrained(init_from, dict(dropout=0.0)), TiktokenTokenizer('gpt2'), None
+    if init_from != 'resume':
+        raise UserError(f"init_from must be 'resume' or a GPT-2 variant (gpt2, gpt2-medium, gpt2-large, gpt2-xl), got {init_from!r}")
+    checkpoint = load_checkpoint(out_dir)
+    model = model_from_checkpoint(checkpoint)
+    if 'tokenizer' in checkpoint:  # self-contained: no data/ needed
+        tokenizer = tokenizer_from_state(checkpoint['tokenizer'])
+    else:  # a nanoGPT checkpoint: the dataset's meta.pkl, else GPT-2's BPE
+        meta = load_meta(os.path.join('data', checkpoint.get('config', {}).get('dataset', '')))
+        tokenizer = tokenizer_from_meta(meta) if meta else TiktokenTokenizer('gpt2')
+    return model, tokenizer, checkpoint
+
+
+def stream_text(model, tokenizer, idx):
+    """Print one sample as it is generated. Decoding the whole sample each time keeps multi-byte
+    characters split across BPE tokens intact: text is printed once it is complete."""
+    ids, shown = [], ''
+    for token in model.stream(idx, max_new_tokens, temperature, top_k or None, top_p):
+        ids.append(token.item())
+        text = tokenizer.decode(ids)
+        if not text.endswith('\ufffd'):
+            print(text[len(shown):], end='', flush=True)
+            shown = text
+    print(tokenizer.decode(ids)[len(shown):])
+
+
+def generate_text(model, tokenizer, prompt, run_device, autocast):
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise UserError("the prompt encodes to no tokens: give --start some text (the default is a newline)")
+    if len(ids) > model.config.block_size:
+        raise UserError(f"the prompt has {len(ids)} tokens, more than the model's block_size of "
+                        f"{model.config.block_size}: shorten it")
+    idx = torch.tensor(ids, dtype=torch.long, device=run_device)[None, ...]
+    with autocast:
+        for _ in range(num_samples):
+            stream_text(model, tokenizer, idx)
+            print('---------------')
+
+
+def translate_text(model, tokenizer, source, run_device, autocast, checkpoint):
+    sentences = source.splitlines() if start.startswith('FILE:') else [source.strip()]
+    t0 = time.time()
+    with autocast:
+        try:
+            translations = model.translate(sentences, tokenizer, run_device, beam_size, length_penalty, batch_size)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    for line in translations:
+        print(line)
+    if reference:
+        report_bleu(translations, model, checkpoint, time.time() - t0)
+
+
+def report_bleu(translations, model, checkpoint, seconds):
+    try:
+        import sacrebleu
+    except ImportError:
+        raise UserError("BLEU needs sacrebleu: pip install sacrebleu") from None
+    if not os.path.isfile(reference):
+        raise UserError(f"reference file {reference} not found")
+    with open(reference, encoding='utf-8') as f:
+        references = f.read().splitlines()
+    if len(references) != len(translations):
+        raise UserError(f"{reference} has {len(references)} lines but {len(translations)} sentences were translated")
+    bleu = sacrebleu.corpus_bleu(translations, [references])
+    trained = checkpoint.get('elapsed', 0.0) if checkpoint else 0.0
+    print(f"{bleu} | {model.get_num_params() / 1e6:.1f}M parameters | trained {trained / 60:.1f} min, "
+          f"{checkpoint['iter_num'] if checkpoint else 0} iterations | translated in {seconds:.1f} s "
+          f"(beam {beam_size})", file=sys.stderr)
+
+
+def main(argv=None):
+    config, _ = configure(DEFAULTS, argv)
+    globals().update(config)
+    if temperature < 0 or num_samples < 0 or max_new_tokens < 0 or top_k < 0 or not 0 < top_p <= 1 or beam_size < 1:
+        raise UserError("temperature, num_samples, max_new_tokens and top_k must be >= 0, top_p in (0, 1], beam_size >= 1")
+    run_device = resolve_device(device)
+    device_type = torch.device(run_device).type
+    run_dtype = dtype if dtype != 'auto' else 'bfloat16' if device_type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
+    autocast = nullcontext() if run_dtype == 'float32' else torch.autocast(device_type, dtype=getattr(torch, run_dtype))
+    torch.manual_seed(seed)
+    model, tokenizer, checkpoint = load_model()
+    model.eval().to(run_device)
+    if compile:  # the forward pass; generation calls it with a growing cache, so shapes are dynamic
+        model.forward = torch.compile(model.forward, dynamic=True)
+    prompt = read_prompt(start)
+    if hasattr(model, 'translate'):
+        translate_text(model, tokenizer, prompt, run_device, autocast, checkpoint)
+    else:
+        generate_text(model, tokenizer, prompt, run_device, autocast)
+
+
+if __name__ == '__main__':
+    run_cli(lambda: main(sys.argv[1:]))

@@ -1,0 +1,24 @@
+"""Shared test setup: the repo root on sys.path, offline tokenizers, the data mirrors."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / 'shared'
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault('TIKTOKEN_CACHE_DIR', str(SHARED / 'tiktoken_cache'))
+os.environ.setdefault('WANDB_MODE', 'offline')
+
+
+@pytest.fixture(scope='session')
+def shakespeare_char_dir(tmp_path_factory):
+    """tiny Shakespeare prepared at the character level into a temporary folder."""
+    from prepare import shakespeare_char
+    source = SHARED / 'data' / 'tinyshakespeare' / 'input.txt'
+    if not source.exists():
+        pytest.skip(f'mirror {source} not found')
+    out = tmp_path_factory.mktemp('shakespeare_char')
+    shakespeare_char.prepare(out_dir=str(out), input_path=str(source))
+    return out

@@ -1,0 +1,525 @@
+"""
+Train a GPT or an encoder-decoder Transformer. One process:
+
+    python train.py                                    # tiny Shakespeare, characters, best device
+    python train.py config/train_shakespeare_char.py --device=cpu --compile=False --max_iters=100
+
+Several processes with DDP (the global batch is the same whatever their number):
+
+    torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
+    # two nodes: on the first (IP 123.456.123.456)
+    torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=123.456.123.456 --master_port=1234 train.py
+    # and on the second the same with --node_rank=1
+
+Settings are the module-level variables below; see configurator.py for how they are overridden.
+"""
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from checkpoint import load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint, set_rng_state
+from configurator import UserError, configure, run_cli, settings_of
+from data import SentencePairs, TokenStream
+from model import GPT, GPTConfig, Seq2SeqConfig, Seq2SeqTransformer, config_fields, peak_flops
+from tokenizer import TiktokenTokenizer, load_meta, tokenizer_from_meta
+
+# -----------------------------------------------------------------------------
+# Settings. The defaults train a small character-level model of tiny Shakespeare
+# in a few minutes on a laptop CPU (config/train_shakespeare_char_cpu.py is the same).
+# I/O
+out_dir = 'out'
+eval_interval = 250
+log_interval = 10
+eval_iters = 20  # batches per split in each evaluation
+eval_only = False  # evaluate once and exit
+always_save_checkpoint = True  # False: save only when the validation loss improves
+init_from = 'scratch'  # 'scratch' | 'resume' (from out_dir/ckpt.pt) | 'gpt2' | 'gpt2-medium' | 'gpt2-large' | 'gpt2-xl'
+keep_last = 0  # earlier checkpoints to keep as ckpt-<iter>.pt besides ckpt.pt
+# wandb logging
+wandb_log = False
+wandb_project = 'nanogpt'
+wandb_run_name = 'run'
+# data
+dataset = 'shakespeare_char'  # a folder under data/ (or a path) made by prepare/<dataset>.py
+model_type = 'gpt'  # 'gpt' (decoder-only) | 'seq2seq' (encoder-decoder, for translation)
+gradient_accumulation_steps = 1  # micro-steps per optimizer step, over all processes together
+batch_size = 32  # sequences (sentence pairs for seq2seq) per micro-step per process
+block_size = 128  # context length (seq2seq: longest source and target sentence)
+# model
+n_layer = 4
+n_head = 4
+n_embd = 128
+dropout = 0.0
+bias = False
+vocab_size = 0  # 0: from the dataset's meta.pkl, else GPT-2's 50304
+n_kv_head = 0  # grouped-query attention; 0 = n_head
+pos_emb = 'learned'  # 'learned' | 'sinusoidal' | 'rope'
+rope_theta = 10000.0
+norm = 'layernorm'  # 'layernorm' | 'rmsnorm'
+qk_norm = False
+mlp = 'gelu'  # 'gelu' | 'relu2' | 'swiglu'
+tie_embeddings = True
+share_embeddings = True  # seq2seq: one embedding for source and target
+label_smoothing = 0.1  # seq2seq
+# optimizer
+optimizer = 'adamw'  # 'adamw' | 'muon' (Muon for hidden matrices, AdamW for the rest)
+learning_rate = 3e-3
+max_iters = 2000
+weight_decay = 1e-1
+beta1 = 0.9
+beta2 = 0.99
+grad_clip = 1.0  # clip gradients to this norm; 0 = no clipping
+max_skipped_steps = 20  # stop after this many non-finite steps in a row
+# learning rate schedule: linear warmup, then cosine decay to min_lr
+decay_lr = True
+warmup_iters = 100
+lr_decay_iters = 2000  # usually max_iters
+min_lr = 3e-4  # usually learning_rate / 10
+max_time = 0.0  # seconds of training (evals included); 0 = no limit. When set, the decay follows time
+# seq2seq evaluation: BLEU of greedy translations of this many validation sentences at each eval
+bleu_sentences = 200
+# system
+backend = 'auto'  # 'nccl' | 'gloo' | 'auto' (nccl on GPU, gloo on CPU)
+device = 'auto'  # 'cpu' | 'cuda' | 'cuda:1' | 'mps' | 'auto' (the best present)
+dtype = 'auto'  # 'float32' | 'bfloat16' | 'float16' (with a gradient scaler) | 'auto' (bf16 on GPUs that have it)
+compile = False  # torch.compile the model: faster steps on GPU after a minute of compiling
+seed = 1337
+# -----------------------------------------------------------------------------
+DEFAULTS = settings_of(globals())
+AUTO_PREPARED = ('shakespeare_char', 'shakespeare', 'multi30k')  # small enough to prepare on first use
+ARCH_SETTINGS = config_fields(GPTConfig) | config_fields(Seq2SeqConfig)
+TRAINING_ONLY = {'dropout', 'label_smoothing'}  # may change when a run is resumed
+
+stop_signal = None  # set by SIGTERM/SIGINT; the loop saves and exits at the next iteration
+
+
+def request_stop(signum, frame):
+    global stop_signal
+    if stop_signal is not None:  # a second Ctrl-C: stop now
+        raise KeyboardInterrupt
+    stop_signal = signum
+
+
+def validate_settings():
+    for key in ('eval_interval', 'log_interval', 'eval_iters', 'gradient_accumulation_steps', 'batch_size',
+                'block_size', 'n_layer', 'n_head', 'n_embd'):
+        if globals()[key] <= 0:
+            raise UserError(f"{key} must be positive, got {globals()[key]}")
+    for key in ('max_iters', 'keep_last', 'warmup_iters', 'max_time', 'grad_clip', 'weight_decay', 'vocab_size'):
+        if globals()[key] < 0:
+            raise UserError(f"{key} must not be negative, got {globals()[key]}")
+    if learning_rate <= 0 or min_lr < 0:
+        raise UserError("learning_rate must be positive and min_lr not negative")
+    if decay_lr and max_time == 0 and lr_decay_iters <= warmup_iters:
+        raise UserError(f"lr_decay_iters ({lr_decay_iters}) must be larger than warmup_iters ({warmup_iters})")
+    choices = {'model_type': ('gpt', 'seq2seq'), 'dtype': ('auto', 'float32', 'bfloat16', 'float16'),
+               'backend': ('auto', 'nccl', 'gloo'), 'optimizer': ('adamw', 'muon'),
+               'init_from': ('scratch', 'resume', 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')}
+    for key, allowed in choices.items():
+        if globals()[key] not in allowed:
+            raise UserError(f"{key} must be one of {', '.join(allowed)}; got {globals()[key]!r}")
+    if model_type == 'seq2seq' and init_from.startswith('gpt2'):
+        raise UserError("GPT-2 weights initialise a gpt model only: use --model_type=gpt")
+
+
+def resolve_device(name):
+    """'auto' -> the best device present; a device that is not there is an error."""
+    if name == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    try:
+        kind = torch.device(name).type
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}: use cpu, cuda, cuda:N, mps or auto") from None
+    present = {'cpu': True, 'cuda': torch.cuda.is_available(), 'mps': torch.backends.mps.is_available()}
+    if not present.get(kind, False):
+        raise UserError(f"device {name!r} is not available on this machine: use --device=cpu (or auto)")
+    return name
+
+
+def resolve_dtype(device_type):
+    if dtype != 'auto':
+        return dtype
+    if device_type == 'cuda':
+        return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+    return 'float32'
+
+
+def data_folder():
+    return dataset if os.path.isabs(dataset) or os.sep in dataset else os.path.join('data', dataset)
+
+
+def prepare_if_missing(data_dir, is_master):
+    """The small datasets are prepared on first use, by rank 0 while the others wait."""
+    marker = os.path.join(data_dir, 'train.bin' if model_type == 'gpt' else 'meta.pkl')
+    if os.path.exists(marker) or dataset not in AUTO_PREPARED:
+        return
+    if is_master:
+        print(f"{marker} not found: preparing {dataset} first")
+        import importlib
+        importlib.import_module(f'prepare.{dataset}').prepare(out_dir=data_dir)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def load_dataset(data_dir, device):
+    if model_type == 'seq2seq':
+        return SentencePairs(data_dir, block_size, device)
+    return TokenStream(data_dir, block_size, device)
+
+
+def architecture(meta):
+    """The model settings of a new model: this script's settings, plus what the data decides."""
+    config_class = GPTConfig if model_type == 'gpt' else Seq2SeqConfig
+    args = {key: globals()[key] for key in config_fields(config_class) if key in globals()}
+    args['vocab_size'] = vocab_size or (meta or {}).get('vocab_size') or 50304
+    if model_type == 'seq2seq':
+        args.update(src_block_size=block_size, tgt_block_size=block_size,
+                    pad_id=meta['pad_id'], bos_id=meta['bos_id'], eos_id=meta['eos_id'])
+    return args
+
+
+def check_resumable(checkpoint, explicit, meta):
+    """A resumed run keeps the checkpoint's architecture: settings given that contradict it are errors."""
+    kind = checkpoint.get('model_type', 'gpt')
+    if kind != model_type:
+        raise UserError(f"out_dir {out_dir} holds a {kind} checkpoint but model_type is {model_type}")
+    saved = checkpoint['model_args']
+    wanted = architecture(meta) if meta is not None or model_type == 'gpt' else {}
+    for key in sorted((explicit & ARCH_SETTINGS) - TRAINING_ONLY):
+        saved_key = 'tgt_block_size' if model_type == 'seq2seq' and key == 'block_size' else key
+        if saved_key in saved and wanted.get(saved_key, saved[saved_key]) != saved[saved_key]:
+            raise UserError(f"--{key}={globals()[key]} differs from the checkpoint's {saved[saved_key]}: "
+                            f"a resumed run keeps its architecture (drop the flag, or use another out_dir)")
+    if meta and meta.get('vocab_size') and meta['vocab_size'] > saved['vocab_size']:
+        raise UserError(f"dataset {dataset} has a vocabulary of {meta['vocab_size']} but the checkpoint's model "
+                        f"has {saved['vocab_size']}: resume with the dataset it was trained on")
+
+
+def get_lr(it, elapsed):
+    """Linear warmup, then cosine decay to min_lr over lr_decay_iters (or over max_time)."""
+    if not decay_lr:
+        return learning_rate
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if max_time > 0:
+        progress = elapsed / max_time
+    else:
+        progress = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    if progress >= 1:
+        return min_lr
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
+
+
+class Trainer:
+    """The state of a run and the steps of its loop."""
+
+    def __init__(self, config, explicit):
+        self.config = config
+        self.setup_distributed()
+        torch.manual_seed(seed + self.rank)  # dropout differs per rank; DDP copies rank 0's initial weights
+        torch.set_float32_matmul_precision('high')  # TF32 matmuls on GPUs that have them
+        self.ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[self.dtype]
+        self.autocast = nullcontext() if self.dtype == 'float32' else torch.autocast(self.device_type, dtype=self.ptdtype)
+        data_dir = data_folder()
+        prepare_if_missing(data_dir, self.master)
+        self.meta = load_meta(data_dir)
+        self.data = load_dataset(data_dir, self.device)
+        self.data_rng = torch.Generator().manual_seed(seed)  # the same on every rank: one global batch
+        self.iter_num, self.best_val_loss, self.skipped, self.elapsed = 0, float('inf'), 0, 0.0
+        checkpoint = self.build_model(explicit)
+        self.raw_model = self.model.to(self.device)
+        self.optimizers = self.raw_model.configure_optimizers(
+            weight_decay, learning_rate, (beta1, beta2), self.device_type, optimizer)
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype == 'float16')
+        if checkpoint is not None:
+            self.restore(checkpoint)
+        if compile:
+            self.model = torch.compile(self.model)
+        if self.ddp:
+            self.model = DDP(self.model, device_ids=[self.local_rank] if self.device_type == 'cuda' else None)
+        self.peak = peak_flops(self.device, self.ptdtype) if self.master else 1.0
+        self.metrics_path = os.path.join(out_dir, 'metrics.jsonl')
+        self.wandb = self.start_wandb(checkpoint) if wandb_log and self.master else None
+
+    def setup_distributed(self):
+        self.ddp = int(os.environ.get('RANK', -1)) != -1
+        self.device = resolve_device(device)
+        if self.ddp:
+            self.rank, self.local_rank = int(os.environ['RANK']), int(os.environ['LOCAL_RANK'])
+            self.world = int(os.environ['WORLD_SIZE'])
+            if self.device.startswith('cuda'):
+                self.device = f'cuda:{self.local_rank}'
+                torch.cuda.set_device(self.device)
+            kind = backend if backend != 'auto' else 'nccl' if self.device.startswith('cuda') else 'gloo'
+            dist.init_process_group(backend=kind)
+        else:
+            self.rank, self.local_rank, self.world = 0, 0, 1
+        self.master = self.rank == 0
+        if gradient_accumulation_steps % self.world:
+            raise UserError(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be a multiple of "
+                            f"the number of processes ({self.world})")
+        self.accum = gradient_accumulation_steps // self.world  # micro-steps of this rank
+        self.device_type = torch.device(self.device).type
+        self.dtype = resolve_dtype(self.device_type)
+        if self.master:
+            os.makedirs(out_dir, exist_ok=True)
+
+    def build_model(self, explicit):
+        """A new model, GPT-2's weights, or the checkpoint's model. Returns the checkpoint, if any."""
+        if init_from == 'resume' or (init_from == 'scratch' and int(os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)) > 0
+                                     and os.path.exists(os.path.join(out_dir, 'ckpt.pt'))):
+            checkpoint = load_checkpoint(out_dir)  # torchrun --max-restarts: a restarted worker resumes
+            check_resumable(checkpoint, explicit, self.meta)
+            checkpoint['model_args'].update({k: globals()[k] for k in TRAINING_ONLY if k in checkpoint['model_args']})
+            self.model = model_from_checkpoint(checkpoint, model_type)
+            self.model_args = checkpoint['model_args']
+            self.log(f"resuming from {out_dir}/ckpt.pt at iteration {checkpoint['iter_num']}")
+            return checkpoint
+        if init_from.startswith('gpt2'):
+            try:
+                self.model = GPT.from_pretrained(init_from, dict(dropout=dropout, block_size=block_size))
+            except ValueError as e:
+                raise UserError(str(e)) from None
+        else:
+            try:
+                config = (GPTConfig if model_type == 'gpt' else Seq2SeqConfig)(**architecture(self.meta))
+            except ValueError as e:
+                raise UserError(f"invalid model settings: {e}") from None
+            self.model = (GPT if model_type == 'gpt' else Seq2SeqTransformer)(config)
+        self.model_args = dict(vars(self.model.config))
+        self.log(f"{model_type} model with {self.model.get_num_params() / 1e6:.2f}M parameters")
+        return None
+
+    def restore(self, checkpoint):
+        self.iter_num, self.best_val_loss = checkpoint['iter_num'], checkpoint.get('best_val_loss', float('inf'))
+        self.skipped, self.elapsed = checkpoint.get('skipped_steps', 0), checkpoint.get('elapsed', 0.0)
+        states = checkpoint.get('optimizer', [])
+        states = states if isinstance(states, list) else [states]  # nanoGPT saved one dict
+        if len(states) == len(self.optimizers):
+            for opt, state in zip(self.optimizers, states):
+                opt.load_state_dict(state)
+        else:
+            self.log("the checkpoint's optimizer differs from this run's: its state starts fresh")
+        if 'scaler' in checkpoint:
+            self.scaler.load_state_dict(checkpoint['scaler'])
+        if 'data_rng' in checkpoint:
+            self.data_rng.set_state(checkpoint['data_rng'])
+        if checkpoint.get('rng'):
+            set_rng_state(checkpoint['rng'][self.rank % len(checkpoint['rng'])])
+
+    def tokenizer_state(self):
+        if init_from.startswith('gpt2') or self.meta is None:
+            return TiktokenTokenizer('gpt2').state()
+        return tokenizer_from_meta(self.meta).state()
+
+    def start_wandb(self, checkpoint):
+        try:
+            import wandb
+        except ImportError:
+            raise UserError("wandb_log=True needs wandb: pip install wandb") from None
+        run_id = (checkpoint or {}).get('wandb_id')
+        return wandb.init(project=wandb_project, name=wandb_run_name, config=self.config, id=run_id, resume='allow')
+
+    def log(self, message):
+        if self.master:
+            print(message, flush=True)
+
+    def record(self, **metrics):
+        """One line of out_dir/metrics.jsonl (appended, across resumes too) and of wandb."""
+        if not self.master:
+            return
+        metrics = {'iter': self.iter_num, 'time': round(self.elapsed, 3), **metrics}
+        with open(self.metrics_path, 'a') as f:
+            f.write(json.dumps(metrics) + '\n')
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=self.iter_num)
+
+    def all_sum(self, tensor):
+        if self.ddp:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    @torch.no_grad()
+    def estimate_loss(self):
+        """Mean loss over eval_iters batches per split: the same batches at every eval, shared out among the ranks."""
+        self.model.eval()
+        out = {}
+        for split in ('train', 'val'):
+            rows = self.data.sample(split, eval_iters * batch_size, torch.Generator().manual_seed(seed + 1))
+            total = torch.zeros((), device=self.device)
+            for batch_rows in rows.view(eval_iters, batch_size)[self.rank::self.world]:
+                with self.autocast:
+                    _, loss = self.model(*self.data.batch(split, batch_rows))
+                total += loss.float()
+            out[split] = self.all_sum(total).item() / eval_iters
+        self.model.train()
+        return out
+
+    @torch.no_grad()
+    def bleu(self):
+        """BLEU (sacreBLEU, detokenized) of greedy translations of the first validation sentences."""
+        try:
+            import sacrebleu
+        except ImportError:
+            raise UserError("BLEU needs sacrebleu: pip install sacrebleu") from None
+        data_dir = data_folder()
+        with open(os.path.join(data_dir, 'val.de.txt')) as f:
+            sources = f.read().splitlines()[:bleu_sentences]
+        with open(os.path.join(data_dir, 'val.en.txt')) as f:
+            references = f.read().splitlines()[:bleu_sentences]
+        self.raw_model.eval()
+        with self.autocast:
+            hypotheses = self.raw_model.translate(sources, tokenizer_from_meta(self.meta), device=self.device)
+        self.raw_model.train()
+        return sacrebleu.corpus_bleu(hypotheses, [references]).score
+
+    def checkpoint(self):
+        """Everything that decides what comes next, so that a resumed run continues exactly."""
+        rng = [None] * self.world
+        if self.ddp:
+            dist.all_gather_object(rng, rng_state())
+        else:
+            rng = [rng_state()]
+        return {
+            'model': self.raw_model.state_dict(), 'optimizer': [opt.state_dict() for opt in self.optimizers],
+            'scaler': self.scaler.state_dict(), 'model_type': model_type, 'model_args': self.model_args,
+            'iter_num': self.iter_num, 'best_val_loss': self.best_val_loss, 'config': self.config,
+            'tokenizer': self.tokenizer_state(), 'rng': rng, 'data_rng': self.data_rng.get_state(),
+            'skipped_steps': self.skipped, 'elapsed': self.elapsed,
+            'wandb_id': self.wandb.id if self.wandb is not None else None,
+        }
+
+    def save(self):
+        checkpoint = self.checkpoint()  # every rank takes part: it gathers their RNG states
+        if self.master:
+            save_checkpoint(checkpoint, out_dir, keep_last)
+            print(f"saving checkpoint to {out_dir}", flush=True)
+
+    def evaluate_and_save(self):
+        losses = self.estimate_loss()
+        bleu = self.bleu() if model_type == 'seq2seq' and self.master and bleu_sentences > 0 else None
+        line = f"step {self.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+        self.log(line + (f", val bleu {bleu:.2f}" if bleu is not None else ""))
+        self.record(train_loss=losses['train'], val_loss=losses['val'], lr=self.lr,
+                    **({'bleu': bleu} if bleu is not None else {}))
+        if losses['val'] < self.best_val_loss or always_save_checkpoint:
+            self.best_val_loss = min(self.best_val_loss, losses['val'])
+            if self.iter_num > 0:
+                self.save()
+
+    def should_stop(self):
+        """(stop signal, time is up), agreed on by all ranks: rank 0's clock decides."""
+        flags = torch.tensor([float(stop_signal is not None), self.elapsed if self.master else 0.0],
+                             dtype=torch.float64, device=self.device)
+        if self.ddp:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        self.elapsed = flags[1].item()
+        return bool(flags[0].item()), max_time > 0 and self.elapsed >= max_time
+
+    def train_step(self):
+        """One optimizer step over the global batch. Returns the mean loss on this rank's share, weighted
+        so that the sum over ranks is the mean loss of the whole global batch."""
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group['lr'] = self.lr
+        rows = self.data.sample('train', batch_size * gradient_accumulation_steps, self.data_rng)
+        total_targets = self.data.num_targets('train', rows)
+        my_rows = rows.view(gradient_accumulation_steps, batch_size)[self.rank * self.accum:(self.rank + 1) * self.accum]
+        batch = self.data.batch('train', my_rows[0])
+        loss_sum = torch.zeros((), device=self.device)
+        for micro_step, micro_rows in enumerate(my_rows):
+            # each micro-batch counts by its share of the global batch's target tokens;
+            # times world size because DDP averages the ranks' gradients
+            weight = self.data.num_targets('train', micro_rows) / total_targets
+            if self.ddp:  # synchronise gradients only once, after the last micro-step
+                self.model.require_backward_grad_sync = micro_step == self.accum - 1
+            with self.autocast:
+                _, loss = self.model(*batch)
+            if micro_step + 1 < self.accum:  # read the next batch while the GPU works
+                batch = self.data.batch('train', my_rows[micro_step + 1])
+            self.scaler.scale(loss * weight * self.world).backward()
+            loss_sum += loss.detach().float() * weight
+        for opt in self.optimizers:
+            self.scaler.unscale_(opt)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), grad_clip or float('inf')).item()
+        if math.isfinite(grad_norm):
+            for opt in self.optimizers:
+                self.scaler.step(opt)
+            self.bad_in_a_row = 0
+        else:  # a NaN or inf in the loss or gradients: skip this step rather than ruin the weights
+            self.skipped += 1
+            self.bad_in_a_row += 1
+            self.log(f"iter {self.iter_num}: non-finite gradient norm, step skipped ({self.skipped} so far)")
+            if self.bad_in_a_row >= max_skipped_steps:
+                raise UserError(f"training diverged: {self.bad_in_a_row} non-finite steps in a row at iteration "
+                                f"{self.iter_num}; the last checkpoint in {out_dir} is kept. Lower the learning_rate "
+                                f"or resume from it")
+        self.scaler.update()
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        return loss_sum, total_targets, grad_norm
+
+    def run(self):
+        self.bad_in_a_row, running_mfu, local_iter, step_time = 0, -1.0, 0, 0.0
+        self.lr = get_lr(self.iter_num, self.elapsed)
+        start = time.time() - self.elapsed
+        while True:
+            if self.master:
+                self.elapsed = time.time() - start
+            stop, time_up = self.should_stop()
+            self.lr = get_lr(self.iter_num, self.elapsed)
+            if stop:  # preempted or interrupted: save where we are, exit cleanly
+                self.log(f"signal received: saving at iteration {self.iter_num} and exiting")
+                self.save()
+                break
+            last = self.iter_num >= max_iters or time_up
+            if self.iter_num % eval_interval == 0 or last or eval_only:
+                self.evaluate_and_save()
+            if last or eval_only:
+                break
+            t0 = time.time()
+            loss_sum, tokens, grad_norm = self.train_step()  # tokens: targets in the global batch
+            step_time += time.time() - t0  # evals left out
+            self.iter_num += 1
+            local_iter += 1
+            if self.iter_num % log_interval == 0:
+                dt, step_time = step_time / log_interval, 0.0
+                lossf = self.all_sum(loss_sum).item()
+                mfu = self.raw_model.estimate_mfu(tokens, dt, self.peak)
+                running_mfu = mfu if local_iter <= log_interval else 0.9 * running_mfu + 0.1 * mfu
+                self.log(f"iter {self.iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, "
+                         f"{tokens / dt:,.0f} tok/s, mfu {running_mfu * 100:.2f}%")
+                self.record(loss=lossf, lr=self.lr, grad_norm=grad_norm, ms_per_iter=dt * 1000,
+                            tokens_per_sec=tokens / dt, mfu=running_mfu)
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def main(argv=None):
+    global stop_signal
+    config, explicit = configure(DEFAULTS, argv)
+    globals().update(config)
+    validate_settings()
+    stop_signal = None
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        trainer = Trainer(config, explicit)
+        trainer.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == '__main__':
+    run_cli(lambda: main(sys.argv[1:]))
