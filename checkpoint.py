@@ -26,6 +26,8 @@ def save_checkpoint(checkpoint, out_dir, keep_last=0):
     earlier checkpoints as ckpt-<iter>.pt."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, 'ckpt.pt')
+    for stale in glob.glob(os.path.join(out_dir, '.ckpt.pt.tmp*')):  # left by a writer that was killed
+        os.remove(stale)
     tmp = os.path.join(out_dir, f'.ckpt.pt.tmp{os.getpid()}')
     try:
         with open(tmp, 'wb') as f:
@@ -44,7 +46,7 @@ def save_checkpoint(checkpoint, out_dir, keep_last=0):
         raise
     fsync_dir(out_dir)
     if keep_last > 0:
-        older = sorted(glob.glob(os.path.join(out_dir, 'ckpt-*.pt')), key=os.path.getmtime)
+        older = sorted(glob.glob(os.path.join(out_dir, 'ckpt-*.pt')), key=lambda p: int(p.rsplit('-', 1)[1][:-3]))
         for stale in older[:-keep_last]:
             os.remove(stale)
 
@@ -99,7 +101,8 @@ def model_from_checkpoint(checkpoint, model_type=None):
 def rng_state():
     state = {'python': random.getstate(), 'torch': torch.get_rng_state()}
     np_state = np.random.get_state()
-    state['numpy'] = (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:])
+    # int64, not numpy's uint32: torch cannot unpickle uint32 tensors, which DDP's all_gather_object does
+    state['numpy'] = (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:])
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state['cuda'] = torch.cuda.get_rng_state()
     return state
@@ -109,6 +112,6 @@ def set_rng_state(state):
     random.setstate(state['python'])
     torch.set_rng_state(state['torch'])
     kind, keys, *rest = state['numpy']
-    np.random.set_state((kind, keys.numpy(), *rest))
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
     if 'cuda' in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state['cuda'])

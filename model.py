@@ -705,7 +705,9 @@ def measured_peak_flops(device, dtype):
     """Best FLOP/s of a large matmul on this device: the practical peak where no data sheet applies."""
     import time
     n = 1024
-    a = torch.randn(n, n, device=device, dtype=dtype)
+    # constant, not random: the speed does not depend on the values, and drawing from the global RNG
+    # here would shift the random stream that a resumed run has just restored (its dropout masks)
+    a = torch.ones(n, n, device=device, dtype=dtype)
     best = float('inf')
     for _ in range(4):
         t0 = time.perf_counter()

@@ -229,10 +229,7 @@ class Trainer:
         torch.set_float32_matmul_precision('high')  # TF32 matmuls on GPUs that have them
         self.ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[self.dtype]
         self.autocast = nullcontext() if self.dtype == 'float32' else torch.autocast(self.device_type, dtype=self.ptdtype)
-        data_dir = data_folder()
-        prepare_if_missing(data_dir, self.master)
-        self.meta = load_meta(data_dir)
-        self.data = load_dataset(data_dir, self.device)
+        self.meta, self.data = self.load_data()
         self.data_rng = torch.Generator().manual_seed(seed)  # the same on every rank: one global batch
         self.iter_num, self.best_val_loss, self.skipped, self.elapsed = 0, float('inf'), 0, 0.0
         checkpoint = self.build_model(explicit)
@@ -248,6 +245,8 @@ class Trainer:
             self.model = DDP(self.model, device_ids=[self.local_rank] if self.device_type == 'cuda' else None)
         self.peak = peak_flops(self.device, self.ptdtype) if self.master else 1.0
         self.metrics_path = os.path.join(out_dir, 'metrics.jsonl')
+        if checkpoint is None and self.master and os.path.exists(self.metrics_path):
+            os.remove(self.metrics_path)  # a new run: its curves must not mix with an earlier run's in this out_dir
         self.wandb = self.start_wandb(checkpoint) if wandb_log and self.master else None
 
     def setup_distributed(self):
@@ -272,6 +271,13 @@ class Trainer:
         self.dtype = resolve_dtype(self.device_type)
         if self.master:
             os.makedirs(out_dir, exist_ok=True)
+
+    def load_data(self):
+        """(meta or None, batches) of the dataset, prepared first if it is a small known one.
+        A method so that bench.py can swap in random tokens."""
+        data_dir = data_folder()
+        prepare_if_missing(data_dir, self.master)
+        return load_meta(data_dir), load_dataset(data_dir, self.device)
 
     def build_model(self, explicit):
         """A new model, GPT-2's weights, or the checkpoint's model. Returns the checkpoint, if any."""
@@ -413,7 +419,7 @@ class Trainer:
                     **({'bleu': bleu} if bleu is not None else {}))
         if losses['val'] < self.best_val_loss or always_save_checkpoint:
             self.best_val_loss = min(self.best_val_loss, losses['val'])
-            if self.iter_num > 0:
+            if self.iter_num > 0 and not eval_only:  # evaluating a checkpoint must not rewrite it
                 self.save()
 
     def should_stop(self):
@@ -458,10 +464,11 @@ class Trainer:
         else:  # a NaN or inf in the loss or gradients: skip this step rather than ruin the weights
             self.skipped += 1
             self.bad_in_a_row += 1
-            self.log(f"iter {self.iter_num}: non-finite gradient norm, step skipped ({self.skipped} so far)")
+            # iter_num + 1: the number this step gets in the "iter N: loss" lines
+            self.log(f"iter {self.iter_num + 1}: non-finite gradient norm, step skipped ({self.skipped} so far)")
             if self.bad_in_a_row >= max_skipped_steps:
                 raise UserError(f"training diverged: {self.bad_in_a_row} non-finite steps in a row at iteration "
-                                f"{self.iter_num}; the last checkpoint in {out_dir} is kept. Lower the learning_rate "
+                                f"{self.iter_num + 1}; the last checkpoint in {out_dir} is kept. Lower the learning_rate "
                                 f"or resume from it")
         self.scaler.update()
         for opt in self.optimizers:

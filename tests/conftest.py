@@ -4,12 +4,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / 'shared'
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault('TIKTOKEN_CACHE_DIR', str(SHARED / 'tiktoken_cache'))
 os.environ.setdefault('WANDB_MODE', 'offline')
+# Tests use tiny models, and some start several processes: one thread each avoids oversubscribing the cores.
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope='session')

@@ -1,0 +1,225 @@
+"""
+Measure how fast a training configuration trains and samples, with train.py's own code:
+
+    python bench.py config/train_shakespeare_char.py --device=cpu --compile=False \\
+        --n_layer=4 --n_head=4 --n_embd=128 --block_size=64 --batch_size=12
+    python bench.py config/train_gpt2.py --real_data=False --json=True      # GPT-2 124M MFU on a GPU
+
+Training: `warmup_steps` real training steps (forward, backward, clipping, optimizer step, with
+the run's dtype, autocast and torch.compile), then the clock runs over `measure_steps` more:
+tokens/s, ms per step, MFU against the device's peak FLOP/s, peak memory.
+Sampling (GPT models): greedy generation of `sample_tokens` new tokens from a one-token prompt,
+once with the KV cache and once re-running the whole context at every step, and their ratio.
+
+Every train.py setting works here (the model, batch, device, dtype, compile...), plus the
+benchmark's own settings below. Nothing is written to out_dir (it is read with init_from='resume');
+wandb stays off.
+"""
+
+import json
+import resource
+import sys
+import tempfile
+import time
+from contextlib import nullcontext, redirect_stdout
+
+import torch
+
+import train
+from configurator import UserError, configure, run_cli
+from data import Batches
+from model import Seq2SeqTransformer
+from tokenizer import load_meta
+
+# The benchmark's settings, on top of train.py's (kept in a dict: 'json' would hide the module).
+BENCH_DEFAULTS = dict(
+    warmup_steps=5,  # training steps before the clock starts: compilation, allocator, caches
+    measure_steps=20,  # timed training steps; 0 = measure sampling only
+    sample_tokens=255,  # new tokens per greedy generation (at most block_size - 1); 0 = no sampling
+    real_data=True,  # False: random token ids, so no dataset need be prepared (e.g. OpenWebText)
+    json=False,  # print one JSON object instead of a table
+)
+
+
+class RandomBatches(Batches):
+    """Random token ids in place of a dataset: a step's speed does not depend on which tokens it
+    reads. Every row is block_size long (for seq2seq, longer than most real sentences)."""
+
+    def __init__(self, model, block_size, device):
+        super().__init__(device)
+        self.seq2seq = isinstance(model, Seq2SeqTransformer)
+        config = model.config
+        # seq2seq: no special tokens, or <pad> would be masked out of the source
+        self.first_id = max(config.pad_id, config.bos_id, config.eos_id) + 1 if self.seq2seq else 0
+        self.vocab_size, self.block_size = config.vocab_size, block_size
+        self.generator = torch.Generator().manual_seed(0)
+
+    def sample(self, split, n_rows, generator):
+        return torch.arange(n_rows)  # the rows carry no information: batch() draws the tokens
+
+    def num_targets(self, split, rows):
+        return len(rows) * self.block_size
+
+    def random_ids(self, n_rows, length):
+        return torch.randint(self.first_id, self.vocab_size, (n_rows, length), generator=self.generator)
+
+    def batch(self, split, rows):
+        tokens = self.random_ids(len(rows), self.block_size + 1)
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        if self.seq2seq:  # (source, target input, targets)
+            return self.to_device(self.random_ids(len(rows), self.block_size), inputs, targets)
+        return self.to_device(inputs, targets)
+
+
+class BenchTrainer(train.Trainer):
+    """train.py's Trainer (model, optimizers, autocast, compile, training step), with random data if asked."""
+
+    def __init__(self, config, explicit, real_data):
+        self.real_data = real_data
+        super().__init__(config, explicit)
+        if not real_data:  # made now: the ids must stay below the vocabulary of the model just built
+            self.data = RandomBatches(self.raw_model, train.block_size, self.device)
+
+    def load_data(self):
+        if self.real_data:
+            try:
+                return super().load_data()
+            except UserError as e:
+                raise UserError(f"{e}; or measure on random tokens: --real_data=False") from None
+        data_dir = train.data_folder()
+        train.prepare_if_missing(data_dir, self.master)  # small known datasets only: their meta sets the vocabulary
+        meta = load_meta(data_dir)
+        if meta is None and train.model_type == 'seq2seq':
+            raise UserError(f"{data_dir}/meta.pkl not found: a seq2seq model takes its special token ids from it")
+        return meta, None
+
+
+def synchronize(device):
+    """Wait for the device to finish its queued work, so that the clock measures it."""
+    kind = torch.device(device).type
+    if kind == 'cuda':
+        torch.cuda.synchronize(device)
+    elif kind == 'mps':
+        torch.mps.synchronize()
+
+
+def peak_memory(device):
+    """(MiB, what was measured): the most memory tensors took on a GPU, else the process's peak RSS."""
+    if torch.device(device).type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20, 'cuda max allocated'
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2 ** 20 if sys.platform == 'darwin' else 2 ** 10), 'max RSS'
+
+
+def measure_training(trainer, warmup_steps, measure_steps):
+    trainer.lr, trainer.bad_in_a_row = train.learning_rate, 0  # what Trainer.run sets before its first step
+    for _ in range(warmup_steps):
+        trainer.train_step()
+    synchronize(trainer.device)
+    tokens, t0 = 0, time.perf_counter()
+    for _ in range(measure_steps):
+        tokens += trainer.train_step()[1]  # target tokens of the global batch
+    synchronize(trainer.device)
+    step_time = (time.perf_counter() - t0) / measure_steps
+    memory, memory_kind = peak_memory(trainer.device)
+    return {
+        'tokens_per_iter': tokens / measure_steps,
+        'ms_per_iter': step_time * 1000,
+        'tokens_per_sec': tokens / measure_steps / step_time,
+        'mfu': trainer.raw_model.estimate_mfu(tokens / measure_steps, step_time, trainer.peak),
+        'peak_flops': trainer.peak,
+        'peak_memory_mib': memory,
+        'peak_memory_kind': memory_kind,
+    }
+
+
+@torch.no_grad()
+def greedy(trainer, new_tokens, use_cache):
+    """(tokens, tokens per second) of greedy generation from the one-token prompt [0]."""
+    prompt = torch.zeros((1, 1), dtype=torch.long, device=trainer.device)
+    synchronize(trainer.device)
+    t0 = time.perf_counter()
+    with trainer.autocast:
+        tokens = trainer.raw_model.generate(prompt, new_tokens, temperature=0.0, use_cache=use_cache)
+    synchronize(trainer.device)
+    return tokens, new_tokens / (time.perf_counter() - t0)
+
+
+def measure_sampling(trainer, sample_tokens):
+    model = trainer.raw_model  # not the compiled one: every step has a new sequence length
+    new_tokens = min(sample_tokens, model.config.block_size - 1)  # past the block the cache is not used
+    model.eval()
+    for use_cache in (True, False):  # warm-up: first calls pay for allocations
+        greedy(trainer, min(new_tokens, 8), use_cache)
+    cached, cache_speed = greedy(trainer, new_tokens, use_cache=True)
+    rerun, rerun_speed = greedy(trainer, new_tokens, use_cache=False)
+    model.train()
+    return {
+        'sample_new_tokens': new_tokens,
+        'sample_cache_tokens_per_sec': cache_speed,
+        'sample_no_cache_tokens_per_sec': rerun_speed,
+        'sample_cache_speedup': cache_speed / rerun_speed,
+        'sample_same_tokens': torch.equal(cached, rerun),  # may differ in low precision, where near-ties flip
+    }
+
+
+def run_bench(settings, explicit, bench):
+    vars(train).update(settings)  # train.py's functions read their settings from its module globals
+    train.validate_settings()
+    trainer = BenchTrainer(settings, explicit, bench['real_data'])
+    model = trainer.raw_model
+    results = {
+        'model_type': train.model_type, 'params': model.get_num_params(), 'n_layer': model.config.n_layer,
+        'n_head': model.config.n_head, 'n_embd': model.config.n_embd, 'block_size': train.block_size,
+        'batch_size': train.batch_size, 'gradient_accumulation_steps': train.gradient_accumulation_steps,
+        'device': trainer.device, 'threads': torch.get_num_threads(), 'dtype': trainer.dtype, 'compile': train.compile,
+        'real_data': bench['real_data'],
+        'warmup_steps': bench['warmup_steps'], 'measure_steps': bench['measure_steps'],
+    }
+    if bench['measure_steps']:
+        results.update(measure_training(trainer, bench['warmup_steps'], bench['measure_steps']))
+    if bench['sample_tokens'] and train.model_type == 'gpt':
+        results.update(measure_sampling(trainer, bench['sample_tokens']))
+    return results
+
+
+def print_table(r):
+    print(f"{r['model_type']}: {r['n_layer']} layers, {r['n_embd']} wide, {r['n_head']} heads, "
+          f"{r['params'] / 1e6:.2f}M parameters; block {r['block_size']}, batch {r['batch_size']} "
+          f"x {r['gradient_accumulation_steps']}; {r['device']} ({r['threads']} threads), {r['dtype']}, compile {r['compile']}, "
+          f"{'real' if r['real_data'] else 'random'} data")
+    if 'tokens_per_sec' in r:
+        print(f"training, {r['measure_steps']} steps after {r['warmup_steps']} of warm-up:")
+        print(f"  tokens/s        {r['tokens_per_sec']:,.0f}  ({r['tokens_per_iter']:,.0f} per step)")
+        print(f"  ms/iter         {r['ms_per_iter']:.2f}")
+        print(f"  MFU             {r['mfu'] * 100:.2f}%  of {r['peak_flops']:.3g} FLOP/s")
+        print(f"  peak memory     {r['peak_memory_mib']:,.0f} MiB  ({r['peak_memory_kind']})")
+    if 'sample_cache_speedup' in r:
+        print(f"greedy sampling, {r['sample_new_tokens']} new tokens from a one-token prompt:")
+        print(f"  KV cache        {r['sample_cache_tokens_per_sec']:,.1f} tokens/s")
+        print(f"  full re-run     {r['sample_no_cache_tokens_per_sec']:,.1f} tokens/s")
+        print(f"  speedup         {r['sample_cache_speedup']:.1f}x  (same tokens: {r['sample_same_tokens']})")
+
+
+def main(argv=None):
+    """Run the benchmark; print a table (or JSON) and return the results as a dict."""
+    settings, explicit = configure({**train.DEFAULTS, **BENCH_DEFAULTS}, argv)
+    bench = {key: settings.pop(key) for key in BENCH_DEFAULTS}
+    for key in ('warmup_steps', 'measure_steps', 'sample_tokens'):
+        if bench[key] < 0:
+            raise UserError(f"{key} must not be negative, got {bench[key]}")
+    settings['wandb_log'] = False  # a benchmark is not a run to log
+    quiet = redirect_stdout(sys.stderr) if bench['json'] else nullcontext()  # stdout: the JSON object only
+    with quiet, tempfile.TemporaryDirectory() as scratch:
+        if settings['init_from'] != 'resume':  # the Trainer sets up out_dir for a new run (and clears its metrics)
+            settings['out_dir'] = scratch
+        results = run_bench(settings, explicit - set(BENCH_DEFAULTS), bench)
+    if bench['json']:
+        print(json.dumps(results))
+    else:
+        print_table(results)
+    return results
+
+
+if __name__ == '__main__':
+    run_cli(lambda: main(sys.argv[1:]))

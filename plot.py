@@ -1,0 +1,89 @@
+"""
+Plot the loss curves of one or more training runs into one PNG:
+
+    python plot.py out-shakespeare-char
+    python plot.py out-a out-b --output=compare.png
+
+Each run's out_dir/metrics.jsonl (written by train.py) gives the curves: train and val loss
+against iterations (left) and against wall time (right). The faint line is the training loss
+of each logged batch; the markers are the evaluations' train and val losses.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from configurator import UserError, run_cli
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line, `error: ...`, like the other scripts
+        raise UserError(message)
+
+
+def read_metrics(folder):
+    """(log records, eval records) of a run, each sorted by iteration. A resumed run logs again the
+    iterations after its checkpoint: the last record of an iteration is the one that counts."""
+    path = os.path.join(folder, 'metrics.jsonl')
+    if not os.path.isfile(path):
+        raise UserError(f"{path} not found: give the out_dir of a training run")
+    latest = {}  # (kind, iteration) -> record
+    unreadable = 0
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # e.g. a line cut short when a run was killed
+                unreadable += 1
+                continue
+            latest['eval' if 'val_loss' in record else 'log', record['iter']] = record
+    if unreadable:
+        print(f"warning: skipped {unreadable} unreadable line(s) of {path}", file=sys.stderr)
+    records = [latest[key] for key in sorted(latest, key=lambda key: key[1])]
+    return [r for r in records if 'loss' in r], [r for r in records if 'val_loss' in r]
+
+
+def import_pyplot():
+    try:
+        import matplotlib  # imported here so that training does not need it
+    except ImportError:
+        raise UserError("plotting needs matplotlib: pip install matplotlib") from None
+    matplotlib.use('Agg')  # draw into a file: no window, no display needed
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_runs(folders, output):
+    runs = [(os.path.basename(os.path.normpath(folder)), *read_metrics(folder)) for folder in folders]
+    plt = import_pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    for axis, x, xlabel in ((axes[0], 'iter', 'iteration'), (axes[1], 'time', 'wall time (s)')):
+        for i, (name, logs, evals) in enumerate(runs):
+            color = f'C{i % 10}'  # matplotlib's ten default colours; one per run, in both panels
+            axis.plot([r[x] for r in logs], [r['loss'] for r in logs], color=color, alpha=0.3, linewidth=1,
+                      label=f'{name} batch loss')
+            axis.plot([r[x] for r in evals], [r['train_loss'] for r in evals], 'o--', color=color, markersize=4,
+                      label=f'{name} train')
+            axis.plot([r[x] for r in evals], [r['val_loss'] for r in evals], 's-', color=color, markersize=4,
+                      label=f'{name} val')
+        axis.set_xlabel(xlabel)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel('loss')
+    axes[0].legend(fontsize='small')
+    fig.tight_layout()
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = ArgumentParser(description="Plot the loss curves of training runs (their metrics.jsonl) into one PNG.")
+    parser.add_argument('folders', nargs='+', metavar='out_dir', help="a training run's out_dir")
+    parser.add_argument('--output', default='loss.png', help='the PNG to write (default: loss.png)')
+    args = parser.parse_args(argv)
+    plot_runs(args.folders, args.output)
+    print(f"wrote {args.output}")
+
+
+if __name__ == '__main__':
+    run_cli(lambda: main(sys.argv[1:]))

@@ -1,0 +1,43 @@
+"""bench.py on a tiny model: what it reports and how it reports it (never how fast it is)."""
+import json
+
+import pytest
+
+import bench
+from configurator import UserError
+
+TINY = ['--device=cpu', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=16', '--batch_size=4',
+        '--gradient_accumulation_steps=2', '--warmup_steps=1', '--measure_steps=2', '--sample_tokens=40']
+TRAINING_KEYS = {'tokens_per_iter', 'ms_per_iter', 'tokens_per_sec', 'mfu', 'peak_flops', 'peak_memory_mib'}
+SAMPLING_KEYS = {'sample_cache_tokens_per_sec', 'sample_no_cache_tokens_per_sec', 'sample_cache_speedup'}
+
+
+@pytest.mark.parametrize('real_data', [True, False])
+def test_json_output_reports_training_and_sampling(shakespeare_char_dir, capsys, real_data):
+    results = bench.main([f'--dataset={shakespeare_char_dir}', *TINY, f'--real_data={real_data}', '--json=True'])
+    printed = json.loads(capsys.readouterr().out)  # stdout is exactly one JSON object
+    assert printed == results
+    for key in TRAINING_KEYS | SAMPLING_KEYS:
+        assert results[key] > 0, key
+    assert results['tokens_per_iter'] == 4 * 16 * 2  # batch x block x accumulation steps
+    assert results['sample_new_tokens'] == 15  # 40 asked, cut to block_size - 1
+    assert results['params'] > 0 and results['device'] == 'cpu' and results['dtype'] == 'float32'
+    assert results['real_data'] is real_data and results['peak_memory_kind'] == 'max RSS'
+    assert isinstance(results['sample_same_tokens'], bool)
+
+
+def test_table_output_and_skipped_parts(shakespeare_char_dir, tmp_path, capsys):
+    metrics = tmp_path / 'metrics.jsonl'  # an earlier run's: bench must leave out_dir alone
+    metrics.write_text('{"iter": 10}\n')
+    results = bench.main([f'--dataset={shakespeare_char_dir}', f'--out_dir={tmp_path}', *TINY, '--measure_steps=0'])
+    assert [p.name for p in tmp_path.iterdir()] == ['metrics.jsonl'] and metrics.read_text() == '{"iter": 10}\n'
+    out = capsys.readouterr().out
+    assert 'KV cache' in out and 'speedup' in out and 'tokens/s' in out
+    assert 'MFU' not in out and not TRAINING_KEYS & results.keys()  # measure_steps=0: no training measured
+    assert SAMPLING_KEYS <= results.keys()
+
+
+@pytest.mark.parametrize('flag', ['--measure_steps=-1', '--sample_tokens=-5', '--warmup_step=3'])
+def test_bad_settings_are_user_errors(flag):
+    with pytest.raises(UserError):
+        bench.main(['--device=cpu', flag])

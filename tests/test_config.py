@@ -1,0 +1,92 @@
+"""configurator.configure: --key=value flags (literals, never executed), config files, errors."""
+import subprocess
+import sys
+
+import pytest
+
+from configurator import UserError, configure
+from conftest import ROOT
+
+SETTINGS = dict(max_iters=2000, learning_rate=3e-3, compile=False, out_dir='out', dataset='shakespeare_char',
+                vocab_size=0, start='\n')
+
+
+@pytest.mark.parametrize('flag, key, expected', [
+    ('--max_iters=50', 'max_iters', 50),
+    ('--learning_rate=1e-4', 'learning_rate', 1e-4),
+    ('--learning_rate=1', 'learning_rate', 1.0),  # an int for a float setting becomes a float
+    ('--compile=True', 'compile', True),
+    ('--compile=true', 'compile', True),
+    ('--compile=False', 'compile', False),
+    ('--compile=false', 'compile', False),
+    ("--out_dir='out-x'", 'out_dir', 'out-x'),
+    ('--out_dir=out-shakespeare', 'out_dir', 'out-shakespeare'),  # a bare word is a string
+    ('--dataset=data/my set', 'dataset', 'data/my set'),
+    ('--start=123', 'start', '123'),  # digits for a str setting stay text
+    ('--start=FILE:prompt.txt', 'start', 'FILE:prompt.txt'),
+])
+def test_flags_parse_as_literals_of_the_settings_type(flag, key, expected):
+    settings, explicit = configure(SETTINGS, [flag])
+    assert settings[key] == expected and type(settings[key]) is type(expected)
+    assert explicit == {key}
+    assert {k: v for k, v in settings.items() if k != key} == {k: v for k, v in SETTINGS.items() if k != key}
+
+
+def test_flags_are_never_executed(tmp_path):
+    marker = tmp_path / 'executed'
+    code = f"__import__('os').system('touch {marker}')"
+    settings, _ = configure(SETTINGS, [f'--out_dir={code}'])
+    assert settings['out_dir'] == code
+    with pytest.raises(UserError, match="'max_iters' expects int"):
+        configure(SETTINGS, [f'--max_iters={code}'])
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize('flag', ['--max_iters=1.5', '--max_iters=abc', '--compile=1', '--learning_rate=fast',
+                                  "--max_iters='10'"])
+def test_a_value_of_the_wrong_type_names_the_key(flag):
+    key = flag[2:].split('=')[0]
+    with pytest.raises(UserError, match=f"setting '{key}' expects"):
+        configure(SETTINGS, [flag])
+
+
+def test_an_unknown_key_names_the_closest_valid_one():
+    with pytest.raises(UserError, match="unknown setting 'max_iter'; did you mean 'max_iters'"):
+        configure(SETTINGS, ['--max_iter=5'])
+
+
+@pytest.mark.parametrize('arg, message', [('--max_iters', 'needs a value'), ('max_iters=5', 'unexpected argument')])
+def test_malformed_arguments_are_errors(arg, message):
+    with pytest.raises(UserError, match=message):
+        configure(SETTINGS, [arg])
+
+
+def test_config_file_then_flags_override_in_order(tmp_path):
+    config_file = tmp_path / 'my_config.py'
+    config_file.write_text("import math\nmax_iters = 100\nlearning_rate = math.sqrt(1e-6)\nout_dir = 'from-file'\n")
+    settings, explicit = configure(SETTINGS, [str(config_file), '--out_dir=from-flag'])
+    assert settings['max_iters'] == 100 and settings['learning_rate'] == pytest.approx(1e-3)
+    assert settings['out_dir'] == 'from-flag'
+    assert explicit == {'max_iters', 'learning_rate', 'out_dir'}
+    settings, _ = configure(SETTINGS, ['--out_dir=from-flag', str(config_file)])
+    assert settings['out_dir'] == 'from-file'  # the later argument wins
+
+
+def test_config_file_with_an_unknown_key_names_the_file(tmp_path):
+    config_file = tmp_path / 'bad_config.py'
+    config_file.write_text('learning_rat = 1e-3\n')
+    with pytest.raises(UserError, match=f"{config_file}: unknown setting 'learning_rat'; did you mean 'learning_rate'"):
+        configure(SETTINGS, [str(config_file)])
+
+
+def test_missing_config_file_is_an_error(tmp_path):
+    with pytest.raises(UserError, match='config file .*missing.py not found'):
+        configure(SETTINGS, [str(tmp_path / 'missing.py')])
+
+
+def test_train_script_reports_a_typo_in_one_line():
+    result = subprocess.run([sys.executable, 'train.py', '--max_iter=5'], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stdout == ''
+    assert result.stderr.splitlines() == ["error: unknown setting 'max_iter'; did you mean 'max_iters'?"]
