@@ -23,6 +23,8 @@ import torch
 from checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import UserError, configure, run_cli, settings_of
 from model import HF_TRANSPOSED
+
+HF_ACTIVATION = {'gelu': 'gelu', 'gelu_tanh': 'gelu_new'}  # our mlp -> transformers' activation_function
 from tokenizer import TiktokenTokenizer, load_meta, tokenizer_from_meta
 
 # -----------------------------------------------------------------------------
@@ -31,7 +33,7 @@ to = ''  # the folder to write; '' = <out_dir>/hf
 # -----------------------------------------------------------------------------
 DEFAULTS = settings_of(globals())
 
-GPT2_ARCHITECTURE = {'pos_emb': 'learned', 'norm': 'layernorm', 'qk_norm': False, 'mlp': 'gelu'}  # what GPT-2 is
+GPT2_ARCHITECTURE = {'pos_emb': ('learned',), 'norm': ('layernorm',), 'qk_norm': (False,), 'mlp': ('gelu', 'gelu_tanh')}
 GPT2_ENCODINGS = ('gpt2', 'r50k_base')  # tiktoken's names for GPT-2's BPE (the same ranks)
 
 
@@ -49,10 +51,10 @@ def check_exportable(checkpoint, tokenizer_state):
     if kind != 'gpt':
         raise UserError(f"model_type={kind}: only gpt (decoder-only) models can be exported as GPT-2")
     args = checkpoint['model_args']
-    for key, gpt2_value in GPT2_ARCHITECTURE.items():
-        if args.get(key, gpt2_value) != gpt2_value:
-            raise UserError(f"{key}={args[key]!r} has no GPT-2 equivalent (GPT-2 needs {key}={gpt2_value!r}): "
-                            f"this checkpoint cannot be exported")
+    for key, allowed in GPT2_ARCHITECTURE.items():
+        if args.get(key, allowed[0]) not in allowed:
+            raise UserError(f"{key}={args[key]!r} has no GPT-2 equivalent (GPT-2 needs {key}="
+                            f"{' or '.join(map(repr, allowed))}): this checkpoint cannot be exported")
     if args.get('n_kv_head', 0) not in (0, args['n_head']):
         raise UserError(f"n_kv_head={args['n_kv_head']} (grouped-query attention) has no GPT-2 equivalent "
                         f"(GPT-2 needs n_kv_head=0 or n_head={args['n_head']}): this checkpoint cannot be exported")
@@ -80,7 +82,7 @@ def hf_config(args, eot_token):
     dropout = args.get('dropout', 0.0)  # used only if the exported model is trained further
     return transformers.GPT2Config(
         vocab_size=args['vocab_size'], n_positions=args['block_size'], n_embd=args['n_embd'],
-        n_layer=args['n_layer'], n_head=args['n_head'], activation_function='gelu_new',  # GELU, tanh approximation
+        n_layer=args['n_layer'], n_head=args['n_head'], activation_function=HF_ACTIVATION[args.get('mlp', 'gelu')],
         layer_norm_epsilon=1e-5, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
         tie_word_embeddings=args.get('tie_embeddings', True), bos_token_id=eot_token, eos_token_id=eot_token)
 

@@ -16,6 +16,7 @@ by default so that GPT-2 checkpoints load unchanged.
 
 import inspect
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, fields
 
 import torch
@@ -41,7 +42,7 @@ class TransformerConfig:
     rope_theta: float = 10000.0
     norm: str = 'layernorm'  # 'layernorm' | 'rmsnorm' (no mean subtraction: cheaper, as good)
     qk_norm: bool = False  # normalise queries and keys per head: keeps attention logits bounded at high lr
-    mlp: str = 'gelu'  # 'gelu' (GPT-2) | 'relu2' (ReLU squared, cheap and strong) | 'swiglu' (gated)
+    mlp: str = 'gelu'  # 'gelu' | 'gelu_tanh' (GPT-2's approximation) | 'relu2' (ReLU squared, cheap and strong) | 'swiglu' (gated)
     tie_embeddings: bool = True  # the output head reuses the token embedding matrix
 
     def __post_init__(self):
@@ -55,7 +56,7 @@ class TransformerConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         choices = {'pos_emb': ('learned', 'sinusoidal', 'rope'), 'norm': ('layernorm', 'rmsnorm'),
-                   'mlp': ('gelu', 'relu2', 'swiglu')}
+                   'mlp': ('gelu', 'gelu_tanh', 'relu2', 'swiglu')}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -245,11 +246,15 @@ class Attention(nn.Module):
                 is_causal = True  # the causal mask: query t sees keys 0..t
             elif T > 1:  # new queries after a cached prefix: query i sees keys 0..past+i
                 mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.n_kv_head != self.n_head)  # GQA: each k/v head serves n_head/n_kv_head query heads
-        y = y.transpose(1, 2).contiguous().view(x.size(0), x.size(1), q_dim)
+        cpu_autocast = q.device.type == 'cpu' and torch.is_autocast_enabled('cpu')
+        with torch.autocast('cpu', enabled=False) if cpu_autocast else nullcontext():
+            if cpu_autocast:  # on a CPU, float32 attention trains several times faster than bf16's
+                q, k, v = q.float(), k.float(), v.float()
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=is_causal,
+                dropout_p=self.dropout if self.training else 0.0,
+                enable_gqa=self.n_kv_head != self.n_head)  # GQA: each k/v head serves n_head/n_kv_head query heads
+        y = y.transpose(1, 2).contiguous().view(x.size(0), x.size(1), q_dim).type_as(x)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -270,8 +275,10 @@ class MLP(nn.Module):
 
     def forward(self, x):
         x = self.c_fc(x)
-        if self.kind == 'gelu':
-            x = F.gelu(x, approximate='tanh')  # GPT-2 used the tanh approximation
+        if self.kind == 'gelu':  # exact (erf); on a CPU several times faster than the tanh form
+            x = F.gelu(x)
+        elif self.kind == 'gelu_tanh':  # the approximation GPT-2 was trained with: its weights want it
+            x = F.gelu(x, approximate='tanh')
         elif self.kind == 'relu2':
             x = F.relu(x).square()
         else:
@@ -422,6 +429,7 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None):
 
 # Hugging Face's GPT-2 stores these as Conv1D, (in, out): transposed from nn.Linear.
 HF_TRANSPOSED = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+HF_ACTIVATIONS = {'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh', 'gelu': 'gelu'}  # transformers' name -> our mlp
 GPT2_SIZES = {
     'gpt2': dict(n_layer=12, n_head=12, n_embd=768),  # 124M
     'gpt2-medium': dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
@@ -491,13 +499,14 @@ class GPT(TransformerModel):
             raise ImportError("loading GPT-2 weights needs transformers: pip install transformers") from None
         hf_model = GPT2LMHeadModel.from_pretrained(name_or_path)
         hf = hf_model.config
-        if hf.activation_function not in ('gelu_new', 'gelu_pytorch_tanh'):
-            raise ValueError(f"{name_or_path} uses activation {hf.activation_function!r}; only GPT-2's tanh GELU is supported")
+        if hf.activation_function not in HF_ACTIVATIONS:
+            raise ValueError(f"{name_or_path} uses activation {hf.activation_function!r}; supported: {sorted(HF_ACTIVATIONS)}")
         block_size = override_args.get('block_size', hf.n_positions)
         if block_size > hf.n_positions:
             raise ValueError(f"block_size {block_size} is larger than {name_or_path}'s context of {hf.n_positions}")
         config = GPTConfig(n_layer=hf.n_layer, n_head=hf.n_head, n_embd=hf.n_embd, vocab_size=hf.vocab_size,
-                           block_size=hf.n_positions, bias=True, dropout=override_args.get('dropout', 0.0))
+                           block_size=hf.n_positions, bias=True, dropout=override_args.get('dropout', 0.0),
+                           mlp=HF_ACTIVATIONS[hf.activation_function])
         model = cls(config)
         hf_state = hf_model.state_dict()
         state = {}

@@ -75,7 +75,7 @@ def test_folder_holds_safetensors_and_a_gpt2_config(exported):
     args = load_checkpoint(str(out_dir))['model_args']
     assert (folder / 'model.safetensors').stat().st_size > 0
     config = json.loads((folder / 'config.json').read_text())
-    assert config['model_type'] == 'gpt2' and config['activation_function'] == 'gelu_new'
+    assert config['model_type'] == 'gpt2' and config['activation_function'] == {'gelu': 'gelu', 'gelu_tanh': 'gelu_new'}[args['mlp']]
     assert (config['n_positions'], config['n_embd'], config['n_layer'], config['n_head'], config['vocab_size']) == (
         args['block_size'], args['n_embd'], args['n_layer'], args['n_head'], args['vocab_size'])
 
