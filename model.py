@@ -379,7 +379,8 @@ class TransformerModel(nn.Module):
             matrices += [p for p in params.values() if id(p) in embeddings]
         elif optimizer != 'muon':
             raise ValueError(f"optimizer must be 'adamw' or 'muon', got {optimizer!r}")
-        others = [p for p in params.values() if all(p is not m for m in matrices)]
+        in_matrices = {id(p) for p in matrices}
+        others = [p for p in params.values() if id(p) not in in_matrices]
         fused = device_type in ('cuda', 'cpu') and 'fused' in inspect.signature(torch.optim.AdamW).parameters
         if optimizer == 'adamw':
             groups = [{'params': matrices, 'weight_decay': weight_decay}, {'params': others, 'weight_decay': 0.0}]

@@ -23,5 +23,6 @@ max_iters = 20
 
 learning_rate = 3e-5  # constant
 decay_lr = False
+beta2 = 0.95
 dropout = 0.0
 compile = True

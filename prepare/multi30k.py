@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python prepare/<name>.py` finds the repo's modules
 
-from configurator import UserError
+from configurator import UserError, run_cli
 from prepare import default_out_dir, find_input, make_arg_parser, staged_outputs, tokenizer_meta
 from tokenizer import SubwordTokenizer
 
@@ -131,7 +131,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except UserError as e:
-        sys.exit(f'error: {e}')
+    run_cli(main)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python prepare/<name>.py` finds the repo's modules
 
-from configurator import UserError
+from configurator import UserError, run_cli
 from prepare import default_out_dir, make_arg_parser, staged_outputs, tokenizer_meta
 from tokenizer import TiktokenTokenizer
 
@@ -160,7 +160,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except UserError as e:
-        sys.exit(f'error: {e}')
+    run_cli(main)

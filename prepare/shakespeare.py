@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python prepare/<name>.py` finds the repo's modules
 
-from configurator import UserError
+from configurator import run_cli
 from prepare import default_out_dir, make_arg_parser, tokenizer_meta, write_train_val
 from prepare.shakespeare_char import read_text, split_train_val
 from tokenizer import TiktokenTokenizer
@@ -37,7 +37,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except UserError as e:
-        sys.exit(f'error: {e}')
+    run_cli(main)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python prepare/<name>.py` finds the repo's modules
 
-from configurator import UserError
+from configurator import UserError, run_cli
 from prepare import default_out_dir, find_input, make_arg_parser, tokenizer_meta, write_train_val
 from tokenizer import CharTokenizer
 
@@ -57,7 +57,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except UserError as e:
-        sys.exit(f'error: {e}')
+    run_cli(main)
