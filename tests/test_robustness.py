@@ -148,6 +148,19 @@ def test_sigterm_saves_where_it_stopped_and_resumes_from_there(shakespeare_char_
         [f'iter {stopped + 1}', f'iter {stopped + 2}']
 
 
+def test_a_worker_restarted_by_torchrun_resumes_instead_of_starting_over(shakespeare_char_dir, tmp_path, capsys,
+                                                                           monkeypatch):
+    """torchrun --max-restarts relaunches the same command (init_from=scratch) with
+    TORCHELASTIC_RESTART_COUNT > 0: the relaunched run must continue from out_dir's checkpoint."""
+    out_dir = tmp_path / 'out'
+    assert run_script(capsys, train.main, tiny_args(shakespeare_char_dir, out_dir, max_iters=10))[0] == 0
+    monkeypatch.setenv('TORCHELASTIC_RESTART_COUNT', '1')
+    status, out, err = run_script(capsys, train.main, tiny_args(shakespeare_char_dir, out_dir, max_iters=12))
+    assert status == 0, err
+    assert f'resuming from {out_dir}/ckpt.pt at iteration 10' in out
+    assert [line.split(':')[0] for line in out.splitlines() if line.startswith('iter ')] == ['iter 11', 'iter 12']
+
+
 # ---------------------------------------------------------------------------
 # Non-finite losses
 
