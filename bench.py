@@ -16,6 +16,7 @@ benchmark's own settings below. Nothing is written to out_dir (it is read with i
 wandb stays off.
 """
 
+import copy
 import json
 import resource
 import sys
@@ -134,26 +135,24 @@ def measure_training(trainer, warmup_steps, measure_steps):
 
 
 @torch.no_grad()
-def greedy(trainer, new_tokens, use_cache):
+def greedy(model, device, new_tokens, use_cache):
     """(tokens, tokens per second) of greedy generation from the one-token prompt [0]."""
-    prompt = torch.zeros((1, 1), dtype=torch.long, device=trainer.device)
-    synchronize(trainer.device)
+    prompt = torch.zeros((1, 1), dtype=torch.long, device=device)
+    synchronize(device)
     t0 = time.perf_counter()
-    with trainer.autocast:
-        tokens = trainer.raw_model.generate(prompt, new_tokens, temperature=0.0, use_cache=use_cache)
-    synchronize(trainer.device)
+    tokens = model.generate(prompt, new_tokens, temperature=0.0, use_cache=use_cache)
+    synchronize(device)
     return tokens, new_tokens / (time.perf_counter() - t0)
 
 
 def measure_sampling(trainer, sample_tokens):
-    model = trainer.raw_model  # not the compiled one: every step has a new sequence length
+    # as sample.py runs it: the uncompiled model (every step has a new length) in the run's dtype
+    model = copy.deepcopy(trainer.raw_model).to(trainer.ptdtype).eval()
     new_tokens = min(sample_tokens, model.config.block_size - 1)  # past the block the cache is not used
-    model.eval()
     for use_cache in (True, False):  # warm-up: first calls pay for allocations
-        greedy(trainer, min(new_tokens, 8), use_cache)
-    cached, cache_speed = greedy(trainer, new_tokens, use_cache=True)
-    rerun, rerun_speed = greedy(trainer, new_tokens, use_cache=False)
-    model.train()
+        greedy(model, trainer.device, min(new_tokens, 8), use_cache)
+    cached, cache_speed = greedy(model, trainer.device, new_tokens, use_cache=True)
+    rerun, rerun_speed = greedy(model, trainer.device, new_tokens, use_cache=False)
     return {
         'sample_new_tokens': new_tokens,
         'sample_cache_tokens_per_sec': cache_speed,

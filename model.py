@@ -628,7 +628,7 @@ class Seq2SeqTransformer(TransformerModel):
     @torch.no_grad()
     def generate(self, src, max_new_tokens=None, beam_size=1, length_penalty=0.6, use_cache=True):
         """Translate each row of src (B, S). Returns a list of B token-id lists."""
-        max_new_tokens = min(max_new_tokens or self.config.tgt_block_size, self.config.tgt_block_size) - 1
+        max_new_tokens = min(max_new_tokens or self.config.tgt_block_size, self.config.tgt_block_size - 1)  # <bos> takes a position
         if beam_size == 1:
             return self.greedy_decode(src, max_new_tokens, use_cache)
         return self.beam_search(src, max_new_tokens, beam_size, length_penalty, use_cache)

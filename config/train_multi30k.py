@@ -4,9 +4,10 @@
 #     python train.py config/train_multi30k.py
 #     python sample.py --out_dir=out-multi30k --start=FILE:data/multi30k/test.de.txt --reference=data/multi30k/test.en.txt
 #
-# It scales up config/train_multi30k_cpu.py, whose model (3+3 blocks, 256 wide) was still improving
-# when its hour ran out after ~5 epochs. A GPU affords the full-size model and enough epochs to
-# converge, and then Multi30k's small size (29k pairs) makes overfitting the limit: hence the strong
+# It scales up config/train_multi30k_cpu.py, whose model (3+3 blocks, 256 wide) reached test BLEU 18.4
+# with its validation loss still falling (2.80, train 2.56) when its hour ran out after 5.3 epochs: on
+# a CPU the number of sentence pairs seen is the limit. A GPU affords a wider model and ~6x more
+# epochs; then Multi30k's small size (29k pairs) makes overfitting the limit, hence the strong
 # regularisation below rather than more layers.
 
 out_dir = 'out-multi30k'
