@@ -60,7 +60,7 @@ def run_config_file(path, settings):
     """Execute a config file over the current settings; return the settings it changed."""
     if not os.path.isfile(path):
         raise UserError(f"config file {path} not found (settings are given as --key=value)")
-    namespace = dict(settings)
+    namespace = dict(settings, __file__=os.path.abspath(path))  # a config can build on another one beside it
     with open(path) as f:
         code = compile(f.read(), path, 'exec')
     exec(code, namespace)

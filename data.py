@@ -16,11 +16,18 @@ from configurator import UserError
 from tokenizer import load_meta
 
 
+def prepare_command(path):
+    """How to make the dataset whose file `path` is: its prepare script, when there is one."""
+    name = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'prepare', f'{name}.py')
+    return f"python prepare/{name}.py" if os.path.exists(script) else "one of the scripts in prepare/"
+
+
 def open_tokens(path, dtype):
     if not os.path.exists(path):
-        raise UserError(f"{path} not found: prepare the dataset first (python prepare/<dataset>.py)")
+        raise UserError(f"{path} not found: prepare the dataset first with {prepare_command(path)}")
     if os.path.getsize(path) == 0:
-        raise UserError(f"{path} is empty: prepare the dataset again")
+        raise UserError(f"{path} is empty: prepare the dataset again with {prepare_command(path)}")
     return np.memmap(path, dtype=dtype, mode='r')
 
 
