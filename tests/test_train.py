@@ -151,6 +151,26 @@ def test_ddp_on_two_processes_matches_one_process(shakespeare_char_dir, tmp_path
     assert load_checkpoint(str(ddp))['iter_num'] == 4
 
 
+def run_torchrun(data_dir, out_dir, **settings):
+    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py',
+               *tiny_args(data_dir, out_dir, **settings)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_ddp_resumed_run_continues_exactly(shakespeare_char_dir, tmp_path):
+    """Under torchrun too, stopping and resuming changes nothing: each rank gets back its RNG state."""
+    straight, split = tmp_path / 'straight', tmp_path / 'split'
+    common = dict(gradient_accumulation_steps=2, dropout=0.1, eval_interval=3)
+    run_torchrun(shakespeare_char_dir, straight, max_iters=6, **common)
+    run_torchrun(shakespeare_char_dir, split, max_iters=3, **common)
+    out = run_torchrun(shakespeare_char_dir, split, max_iters=6, init_from='resume', **common)
+    assert 'at iteration 3' in out
+    expected, resumed = training_losses(straight), training_losses(split)
+    assert [resumed[i] for i in range(4, 7)] == [expected[i] for i in range(4, 7)]  # bit-identical
+
+
 def test_wandb_offline_run_is_written(shakespeare_char_dir, tmp_path, capsys, monkeypatch):
     pytest.importorskip('wandb')
     monkeypatch.setenv('WANDB_MODE', 'offline')
