@@ -425,12 +425,13 @@ class Trainer:
 
     def should_stop(self):
         """(stop signal, time is up), agreed on by all ranks: rank 0's clock decides."""
-        flags = torch.tensor([float(stop_signal is not None), self.elapsed if self.master else 0.0],
-                             dtype=torch.float64, device=self.device)
+        stop = stop_signal is not None
         if self.ddp:
+            flags = torch.tensor([float(stop), self.elapsed if self.master else 0.0], dtype=torch.float64,
+                                 device=self.device)
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        self.elapsed = flags[1].item()
-        return bool(flags[0].item()), max_time > 0 and self.elapsed >= max_time
+            stop, self.elapsed = bool(flags[0].item()), flags[1].item()
+        return stop, max_time > 0 and self.elapsed >= max_time
 
     def train_step(self):
         """One optimizer step over the global batch. Returns the mean loss on this rank's share, weighted
