@@ -6,8 +6,8 @@
 # Measured on a 2-core machine shared with other jobs, with one thread and float32: 4765 iterations
 # (5.3 epochs) in 55 min, val loss 2.80, test_2016_flickr sacreBLEU 18.4 with beam 4 (16.7 greedy),
 # short of the goal of 28. The validation loss was still falling when the time ran out: the number of
-# sentence pairs seen (~45/s there) is the limit. On an idle machine, two threads and bf16 matmuls
-# (below) give ~2.5x more pairs per second; that setting has not yet been run for the full hour.
+# sentence pairs seen (~45/s there) is the limit. bf16 matmuls (below) measured 1.5x more pairs per
+# second at one thread, and two threads on an idle machine add more; not yet run for the full hour.
 import torch
 
 # AVX512-BF16 or AMX: bf16 matmuls are ~2x faster; otherwise float32 is faster
