@@ -14,6 +14,7 @@ import torch
 
 from configurator import UserError
 from model import GPT, GPTConfig, Seq2SeqConfig, Seq2SeqTransformer
+from tokenizer import load_meta, tokenizer_from_meta
 
 MODEL_CLASSES = {'gpt': (GPT, GPTConfig), 'seq2seq': (Seq2SeqTransformer, Seq2SeqConfig)}
 REQUIRED_KEYS = ('model', 'model_args', 'iter_num')
@@ -94,6 +95,15 @@ def model_from_checkpoint(checkpoint, model_type=None):
         detail = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
         raise UserError(f"the checkpoint's weights do not fit its model settings ({detail[:150]})") from None
     return model
+
+
+def tokenizer_state(checkpoint):
+    """The state of the tokenizer the model was trained with. Our checkpoints carry it; for a
+    nanoGPT checkpoint it comes from the dataset's meta.pkl, else it is GPT-2's BPE."""
+    if 'tokenizer' in checkpoint:
+        return checkpoint['tokenizer']
+    meta = load_meta(os.path.join('data', checkpoint.get('config', {}).get('dataset', '')))
+    return tokenizer_from_meta(meta).state() if meta else {'kind': 'tiktoken', 'name': 'gpt2'}
 
 
 # Random number generators: saved so that a resumed run draws exactly what an uninterrupted one would.

@@ -20,12 +20,12 @@ import sys
 
 import torch
 
-from checkpoint import load_checkpoint, model_from_checkpoint
+from checkpoint import load_checkpoint, model_from_checkpoint, tokenizer_state
 from configurator import UserError, configure, run_cli, settings_of
 from model import HF_TRANSPOSED
 
 HF_ACTIVATION = {'gelu': 'gelu', 'gelu_tanh': 'gelu_new'}  # our mlp -> transformers' activation_function
-from tokenizer import TiktokenTokenizer, load_meta, tokenizer_from_meta
+from tokenizer import TiktokenTokenizer
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the training run whose ckpt.pt is exported
@@ -45,7 +45,7 @@ def import_transformers():
     return transformers
 
 
-def check_exportable(checkpoint, tokenizer_state):
+def check_exportable(checkpoint, trained_tokenizer):
     """A one-line UserError naming the setting when transformers' GPT-2 cannot express the model."""
     kind = checkpoint.get('model_type', 'gpt')
     if kind != 'gpt':
@@ -58,19 +58,10 @@ def check_exportable(checkpoint, tokenizer_state):
     if args.get('n_kv_head', 0) not in (0, args['n_head']):
         raise UserError(f"n_kv_head={args['n_kv_head']} (grouped-query attention) has no GPT-2 equivalent "
                         f"(GPT-2 needs n_kv_head=0 or n_head={args['n_head']}): this checkpoint cannot be exported")
-    kind, name = tokenizer_state.get('kind'), tokenizer_state.get('name')
+    kind, name = trained_tokenizer.get('kind'), trained_tokenizer.get('name')
     if kind != 'char' and not (kind == 'tiktoken' and name in GPT2_ENCODINGS):
         raise UserError(f"the checkpoint's tokenizer ({name or kind}) cannot be exported: only character-level "
                         f"and GPT-2 BPE tokenizers can")
-
-
-def checkpoint_tokenizer(checkpoint):
-    """The tokenizer the model was trained with. Checkpoints of this project carry it; for older
-    (nanoGPT) ones it is, as in sample.py, the dataset's meta.pkl, else GPT-2's BPE."""
-    if 'tokenizer' in checkpoint:
-        return checkpoint['tokenizer']
-    meta = load_meta(os.path.join('data', checkpoint.get('config', {}).get('dataset', '')))
-    return tokenizer_from_meta(meta).state() if meta else {'kind': 'tiktoken', 'name': 'gpt2'}
 
 
 # ---------------------------------------------------------------------------
@@ -191,10 +182,10 @@ def save_tokenizer(state, folder, block_size):
 
 
 def export(checkpoint, folder):
-    tokenizer_state = checkpoint_tokenizer(checkpoint)
-    check_exportable(checkpoint, tokenizer_state)
+    trained_tokenizer = tokenizer_state(checkpoint)
+    check_exportable(checkpoint, trained_tokenizer)
     os.makedirs(folder, exist_ok=True)
-    tokenizer = save_tokenizer(tokenizer_state, folder, checkpoint['model_args']['block_size'])
+    tokenizer = save_tokenizer(trained_tokenizer, folder, checkpoint['model_args']['block_size'])
     save_model(checkpoint, folder, tokenizer.eos_token_id)
 
 

@@ -14,10 +14,10 @@ import time
 
 import torch
 
-from checkpoint import load_checkpoint, model_from_checkpoint
+from checkpoint import load_checkpoint, model_from_checkpoint, tokenizer_state
 from configurator import UserError, configure, run_cli, settings_of
 from model import GPT
-from tokenizer import TiktokenTokenizer, load_meta, tokenizer_from_meta, tokenizer_from_state
+from tokenizer import TiktokenTokenizer, tokenizer_from_state
 from train import resolve_device
 
 # -----------------------------------------------------------------------------
@@ -59,13 +59,7 @@ def load_model():
     if init_from != 'resume':
         raise UserError(f"init_from must be 'resume' or a GPT-2 variant (gpt2, gpt2-medium, gpt2-large, gpt2-xl), got {init_from!r}")
     checkpoint = load_checkpoint(out_dir)
-    model = model_from_checkpoint(checkpoint)
-    if 'tokenizer' in checkpoint:  # self-contained: no data/ needed
-        tokenizer = tokenizer_from_state(checkpoint['tokenizer'])
-    else:  # a nanoGPT checkpoint: the dataset's meta.pkl, else GPT-2's BPE
-        meta = load_meta(os.path.join('data', checkpoint.get('config', {}).get('dataset', '')))
-        tokenizer = tokenizer_from_meta(meta) if meta else TiktokenTokenizer('gpt2')
-    return model, tokenizer, checkpoint
+    return model_from_checkpoint(checkpoint), tokenizer_from_state(tokenizer_state(checkpoint)), checkpoint
 
 
 def stream_text(model, tokenizer, idx):
