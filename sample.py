@@ -31,7 +31,7 @@ top_k = 200  # keep only the top_k likeliest tokens; 0 = all
 top_p = 1.0  # nucleus sampling: keep the likeliest tokens holding this much probability; 1.0 = all
 seed = 1337
 device = 'auto'
-dtype = 'auto'  # 'float32' | 'bfloat16' | 'float16' | 'auto'
+dtype = 'auto'  # 'float32' | 'bfloat16' | 'float16' | 'auto' (bf16 where the GPU or CPU computes in it)
 compile = False
 # seq2seq (translation)
 beam_size = 4
@@ -119,6 +119,16 @@ def report_bleu(translations, model, checkpoint, seconds):
           f"(beam {beam_size})", file=sys.stderr)
 
 
+def inference_dtype(device_type):
+    """bf16 where the hardware computes in it (GPUs that have it, CPUs with AVX512-BF16 or AMX):
+    generating a token reads every weight, and bf16 weights are half the bytes."""
+    if device_type == 'cuda':
+        return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float32'
+    if device_type == 'cpu' and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return 'bfloat16'
+    return 'float32'
+
+
 def main(argv=None):
     config, _ = configure(DEFAULTS, argv)
     globals().update(config)
@@ -126,7 +136,7 @@ def main(argv=None):
         raise UserError("temperature, num_samples, max_new_tokens and top_k must be >= 0, top_p in (0, 1], beam_size >= 1")
     run_device = resolve_device(device)
     device_type = torch.device(run_device).type
-    run_dtype = dtype if dtype != 'auto' else 'bfloat16' if device_type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
+    run_dtype = dtype if dtype != 'auto' else inference_dtype(device_type)
     torch.manual_seed(seed)
     model, tokenizer, checkpoint = load_model()
     # inference needs no float32 master weights: half-size weights are read twice as fast

@@ -357,17 +357,18 @@ class Trainer:
 
     @torch.no_grad()
     def estimate_loss(self):
-        """Mean loss over eval_iters batches per split: the same batches at every eval, shared out among the ranks."""
+        """Loss per target token over eval_iters batches per split: the same batches at every eval,
+        shared out among the ranks (batches of sentence pairs count by their number of target tokens)."""
         self.model.eval()
         out = {}
         for split in ('train', 'val'):
             rows = self.data.sample(split, eval_iters * batch_size, torch.Generator().manual_seed(seed + 1))
-            total = torch.zeros((), device=self.device)
+            loss_sum = torch.zeros((), device=self.device)
             for batch_rows in rows.view(eval_iters, batch_size)[self.rank::self.world]:
                 with self.autocast:
                     _, loss = self.model(*self.data.batch(split, batch_rows))
-                total += loss.float()
-            out[split] = self.all_sum(total).item() / eval_iters
+                loss_sum += loss.float() * self.data.num_targets(split, batch_rows)
+            out[split] = self.all_sum(loss_sum).item() / self.data.num_targets(split, rows)
         self.model.train()
         return out
 

@@ -94,7 +94,7 @@ def test_kv_cache_fed_in_chunks_gives_the_full_forward_logits(pos_emb):
     seq = random_tokens(2, 12)
     with torch.no_grad():
         full, _ = model(seq, targets=seq)  # with targets: logits at every position
-        cache = KVCache()
+        cache = KVCache(max_len=12)
         for start, end in ((0, 5), (5, 9), (9, 10), (10, 11), (11, 12)):
             last, _ = model(seq[:, start:end], cache=cache)
             torch.testing.assert_close(last[:, -1], full[:, end - 1], atol=1e-5, rtol=1e-5)
