@@ -9,6 +9,8 @@
 #   + rotary positions, RMSNorm, ReLU^2, QK-norm                         3.39 / 10.4
 #   + Muon at 1e-2 / 5e-3 / 3e-3 (steps 45% dearer, still better)        3.20 / 13.0, 3.04 / 16.2, 3.09 / 16.3
 #   the same at batch 64 instead of 32                                   3.06 / 14.2
+# The full 55 minutes on a 2-core AVX512-BF16 CPU: 7,127 steps, val loss 1.62, test_2016_flickr
+# sacreBLEU 39.95 with beam 4 (39.20 greedy); 7.6M parameters.
 import torch
 
 # AVX512-BF16 or AMX: bf16 matmuls are ~2x faster; otherwise float32 is faster

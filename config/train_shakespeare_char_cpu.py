@@ -35,6 +35,6 @@ qk_norm = True
 optimizer = 'muon'  # Muon for the hidden matrices, AdamW for embeddings and gains
 learning_rate = 1e-2
 min_lr = 1e-3
-warmup_iters = 30
+warmup_iters = 10  # 30 measured ~0.01 worse: a short run cannot spare steps at a low rate
 weight_decay = 0.1
 beta2 = 0.99
