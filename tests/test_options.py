@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from model import (GPT, Attention, Block, GPTConfig, KVCache, Seq2SeqConfig, Seq2SeqTransformer, apply_rotary,
+from model import (GPT, Attention, Block, GPTConfig, KVCache, Seq2SeqConfig, Seq2SeqTransformer, apply_rotary, one_token_kernels,
                    rotary_tables)
 
 VOCAB = 32
@@ -212,3 +212,29 @@ def test_seq2seq_trains_and_decodes_with_modern_options():
     # every first target token differs from row to row: only the encoder, through cross-attention, can tell
     assert model.generate(src, use_cache=True) == model.generate(src, use_cache=False) == tgt.tolist()
     assert model.generate(src, beam_size=2, use_cache=True) == model.generate(src, beam_size=2, use_cache=False)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this build")
+def test_one_token_kernels_switch_onednn_off_for_one_token_only_and_restore_it():
+    assert torch.backends.mkldnn.enabled
+    with one_token_kernels(torch.zeros(1, 1, dtype=torch.long)):
+        assert not torch.backends.mkldnn.enabled
+    with one_token_kernels(torch.zeros(2, 1, dtype=torch.long)):
+        assert torch.backends.mkldnn.enabled  # a batch of rows: oneDNN's matmul is faster
+    with pytest.raises(RuntimeError):
+        with one_token_kernels(torch.zeros(1, 1, dtype=torch.long)):
+            raise RuntimeError
+    assert torch.backends.mkldnn.enabled
+
+
+def test_bf16_one_token_steps_through_the_cache_match_the_full_forward():
+    """What sample.py runs on a bf16 CPU: one token at a time, the matrix-vector kernels, the preallocated cache."""
+    model = tiny_gpt().eval().to(torch.bfloat16)
+    seq = random_tokens(1, 8)
+    with torch.no_grad():
+        full, _ = model(seq, targets=seq)
+        cache = KVCache(max_len=8)
+        for t in range(8):
+            with one_token_kernels(seq[:, t:t + 1]):
+                step, _ = model(seq[:, t:t + 1], cache=cache)
+            torch.testing.assert_close(step[:, -1], full[:, t], atol=3e-2, rtol=3e-2)
