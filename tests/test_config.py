@@ -90,3 +90,10 @@ def test_train_script_reports_a_typo_in_one_line():
     assert result.returncode == 1
     assert result.stdout == ''
     assert result.stderr.splitlines() == ["error: unknown setting 'max_iter'; did you mean 'max_iters'?"]
+
+
+@pytest.mark.parametrize('path', sorted((ROOT / 'config').glob('*.py')), ids=lambda p: p.name)
+def test_every_shipped_config_sets_only_known_settings_of_the_right_types(path):
+    import train
+    settings, explicit = configure(train.DEFAULTS, [str(path)])
+    assert explicit and explicit <= set(train.DEFAULTS)
