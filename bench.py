@@ -134,7 +134,6 @@ def measure_training(trainer, warmup_steps, measure_steps):
     }
 
 
-@torch.no_grad()
 def greedy(model, device, new_tokens, use_cache):
     """(tokens, tokens per second) of greedy generation from the one-token prompt [0]."""
     prompt = torch.zeros((1, 1), dtype=torch.long, device=device)
@@ -146,7 +145,8 @@ def greedy(model, device, new_tokens, use_cache):
 
 
 def measure_sampling(trainer, sample_tokens):
-    # as sample.py runs it: the uncompiled model (every step has a new length) in the run's dtype
+    # the uncompiled model (every step has a new length) with weights in the run's dtype, as sample.py
+    # holds them (its dtype='auto' picks bf16 on bf16 CPUs: pass --dtype=bfloat16 to measure that)
     model = copy.deepcopy(trainer.raw_model).to(trainer.ptdtype).eval()
     new_tokens = min(sample_tokens, model.config.block_size - 1)  # past the block the cache is not used
     for use_cache in (True, False):  # warm-up: first calls pay for allocations

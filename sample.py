@@ -16,7 +16,7 @@ import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint, tokenizer_state
 from configurator import UserError, configure, run_cli, settings_of
-from model import GPT
+from model import GPT, cpu_has_bf16
 from tokenizer import TiktokenTokenizer, tokenizer_from_state
 from train import resolve_device
 
@@ -124,7 +124,7 @@ def inference_dtype(device_type):
     generating a token reads every weight, and bf16 weights are half the bytes."""
     if device_type == 'cuda':
         return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float32'
-    if device_type == 'cpu' and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if device_type == 'cpu' and cpu_has_bf16():
         return 'bfloat16'
     return 'float32'
 
