@@ -134,8 +134,9 @@ def rotary_tables(length, head_dim, theta):
 
 def apply_rotary(x, cos, sin):
     """RoPE: rotate pairs of channels by an angle proportional to the position, so the
-    dot product of a query and a key depends only on their distance. x: (B, H, T, D)."""
+    dot product of a query and a key depends only on their distance. x: (B, T, H, D)."""
     x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos[:, None], sin[:, None]  # the same angles for every head
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
@@ -213,9 +214,10 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def split_heads(self, x, n_head, norm=None):
-        """(B, T, n_head * D) -> (B, n_head, T, D), then QK-norm if given."""
+        """(B, T, n_head * D) -> (B, T, n_head, D), then QK-norm if given. Heads move to dim 1
+        only for the attention call, so the norms and rotary work on contiguous rows of D channels."""
         B, T, _ = x.shape
-        x = x.view(B, T, n_head, self.head_dim).transpose(1, 2)
+        x = x.view(B, T, n_head, self.head_dim)
         if x.device.type == 'cpu' and torch.is_autocast_enabled('cpu'):
             # on a CPU, float32 attention (norms and rotary included) trains several times faster than bf16's
             x = x.float()
@@ -244,6 +246,7 @@ class Attention(nn.Module):
             k, v = self.split_heads(k, self.n_kv_head, self.k_norm), self.split_heads(v, self.n_kv_head)
         if self.rotary:  # after the norms: rotating first would let the per-channel gains undo it
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
         is_causal = False
         if self.mode == 'causal':
             past = 0 if cache is None else cache.pos
@@ -262,6 +265,23 @@ class Attention(nn.Module):
                 enable_gqa=self.n_kv_head != self.n_head)  # GQA: each k/v head serves n_head/n_kv_head query heads
         y = y.transpose(1, 2).contiguous().view(x.size(0), x.size(1), q_dim).type_as(x)
         return self.resid_dropout(self.c_proj(y))
+
+
+class ReLUSquared(torch.autograd.Function):
+    """relu(x)^2 (Primer, So et al. 2021): sparse like ReLU, smooth at zero. Its gradient 2 relu(x)
+    is written out: autograd's takes four passes over the MLP's wide activations where two
+    suffice, which makes the CPU recipe's steps ~4% faster (memory-bound passes)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        r = F.relu(x)
+        ctx.save_for_backward(r)
+        return r * r
+
+    @staticmethod
+    def backward(ctx, grad):
+        r, = ctx.saved_tensors
+        return grad.mul(r).mul_(2)
 
 
 class MLP(nn.Module):
@@ -286,7 +306,7 @@ class MLP(nn.Module):
         elif self.kind == 'gelu_tanh':  # the approximation GPT-2 was trained with: its weights want it
             x = F.gelu(x, approximate='tanh')
         elif self.kind == 'relu2':
-            x = F.relu(x).square()
+            x = ReLUSquared.apply(x)
         else:
             gate, value = x.chunk(2, dim=-1)
             x = F.silu(gate) * value
@@ -373,7 +393,7 @@ class TransformerModel(nn.Module):
             n -= sum(p.numel() for m in self.modules() if isinstance(m, PositionalEncoding) for p in m.parameters())
         return n
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer='adamw'):
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer='adamw', muon_momentum=0.95):
         """AdamW, or Muon for the 2-D hidden matrices plus AdamW for the rest. Returns a list.
         Weight decay applies to matrices only: biases and norm gains are not decayed."""
         params = {name: p for name, p in self.named_parameters() if p.requires_grad}
@@ -395,7 +415,7 @@ class TransformerModel(nn.Module):
         # 'match_rms_adamw' scales its steps like AdamW's, so one learning_rate serves both.
         adam_groups = [{'params': [p for p in others if p.dim() >= 2], 'weight_decay': weight_decay},
                        {'params': [p for p in others if p.dim() < 2], 'weight_decay': 0.0}]
-        return [torch.optim.Muon(matrices, lr=learning_rate, weight_decay=weight_decay, momentum=0.95,
+        return [torch.optim.Muon(matrices, lr=learning_rate, weight_decay=weight_decay, momentum=muon_momentum,
                                  adjust_lr_fn='match_rms_adamw'),
                 torch.optim.AdamW(adam_groups, lr=learning_rate, betas=betas, fused=fused)]
 

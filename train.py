@@ -73,6 +73,7 @@ share_embeddings = True  # seq2seq: one embedding for source and target
 label_smoothing = 0.1  # seq2seq
 # optimizer
 optimizer = 'adamw'  # 'adamw' | 'muon' (Muon for hidden matrices, AdamW for the rest)
+muon_momentum = 0.95  # Muon's momentum; AdamW's are beta1 and beta2
 learning_rate = 3e-3
 max_iters = 1000
 weight_decay = 1e-1
@@ -120,6 +121,8 @@ def validate_settings():
             raise UserError(f"{key} must not be negative, got {globals()[key]}")
     if learning_rate <= 0 or min_lr < 0:
         raise UserError("learning_rate must be positive and min_lr not negative")
+    if not 0 <= muon_momentum < 1:
+        raise UserError(f"muon_momentum must be in [0, 1), got {muon_momentum}")
     if decay_lr and max_time == 0 and lr_decay_iters <= warmup_iters:
         raise UserError(f"lr_decay_iters ({lr_decay_iters}) must be larger than warmup_iters ({warmup_iters})")
     choices = {'model_type': ('gpt', 'seq2seq'), 'dtype': ('auto', 'float32', 'bfloat16', 'float16'),
@@ -236,7 +239,7 @@ class Trainer:
         checkpoint = self.build_model(explicit)
         self.raw_model = self.model.to(self.device)
         self.optimizers = self.raw_model.configure_optimizers(
-            weight_decay, learning_rate, (beta1, beta2), self.device_type, optimizer)
+            weight_decay, learning_rate, (beta1, beta2), self.device_type, optimizer, muon_momentum)
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype == 'float16')
         if checkpoint is not None:
             self.restore(checkpoint)

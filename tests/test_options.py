@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from model import (GPT, Attention, Block, GPTConfig, KVCache, Seq2SeqConfig, Seq2SeqTransformer, apply_rotary, one_token_kernels,
-                   rotary_tables)
+from model import (GPT, Attention, Block, GPTConfig, KVCache, ReLUSquared, Seq2SeqConfig, Seq2SeqTransformer, apply_rotary,
+                   one_token_kernels, rotary_tables)
 
 VOCAB = 32
 BLOCK = 16
@@ -69,19 +69,30 @@ def test_every_option_combination_builds_and_trains_a_step(options):
     assert loss_after < loss
 
 
+def test_relu_squared_has_the_gradient_of_its_definition():
+    x = torch.randn(4, 7, dtype=torch.float64)
+    x = (x + 0.1 * x.sign()).requires_grad_()  # keep away from the kink at 0
+    torch.testing.assert_close(ReLUSquared.apply(x), torch.relu(x) ** 2)
+    assert torch.autograd.gradcheck(ReLUSquared.apply, (x,))
+    assert (ReLUSquared.apply(x) == 0).any() and (ReLUSquared.apply(x) > 0).any()
+
+
 def test_rope_attention_scores_depend_only_on_relative_positions():
     torch.manual_seed(0)
     T, head_dim, shift = 8, 16, 37
-    q, k = torch.randn(2, 3, T, head_dim), torch.randn(2, 3, T, head_dim)
+    q, k = torch.randn(2, T, 3, head_dim), torch.randn(2, T, 3, head_dim)  # (B, T, heads, D)
     cos, sin = rotary_tables(T + shift, head_dim, theta=10000.0)
+
+    def dot_products(q, k):  # (B, heads, T, T)
+        return q.transpose(1, 2) @ k.transpose(1, 2).transpose(-2, -1)
 
     def scores(start):  # queries and keys at positions start .. start + T - 1
         c, s = cos[start:start + T], sin[start:start + T]
-        return apply_rotary(q, c, s) @ apply_rotary(k, c, s).transpose(-2, -1)
+        return dot_products(apply_rotary(q, c, s), apply_rotary(k, c, s))
 
     torch.testing.assert_close(scores(shift), scores(0), atol=1e-4, rtol=1e-4)
     # the rotation does something: scores differ from the unrotated q.k except on the diagonal
-    unrotated = q @ k.transpose(-2, -1)
+    unrotated = dot_products(q, k)
     torch.testing.assert_close(scores(0).diagonal(dim1=-2, dim2=-1), unrotated.diagonal(dim1=-2, dim2=-1))
     assert not torch.allclose(scores(0), unrotated, atol=1e-2)
 
@@ -179,8 +190,9 @@ def params_of(optimizer):
 ], ids=['gpt', 'gpt-untied-bias-qknorm', 'seq2seq-untied'])
 def test_muon_gets_exactly_the_hidden_matrices(make_model):
     model = make_model()
-    muon, adamw = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu', 'muon')
+    muon, adamw = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu', 'muon', muon_momentum=0.8)
     assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    assert muon.defaults['momentum'] == 0.8 and adamw.defaults['betas'] == (0.9, 0.95)
     hidden = {id(m.weight) for block in model.modules() if isinstance(block, Block)
               for m in block.modules() if isinstance(m, nn.Linear)}
     muon_ids, adamw_ids = [id(p) for p in params_of(muon)], [id(p) for p in params_of(adamw)]
