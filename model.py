@@ -777,11 +777,11 @@ def cpu_has_bf16():
 
 def peak_flops(device, dtype):
     """Peak FLOP/s of `device` for `dtype`: the data sheet for known GPUs (TF32 = half the
-    bf16 rate), a measured matmul otherwise (CPU, MPS, unknown GPUs)."""
+    bf16 rate), a measured matmul in `dtype` otherwise (CPU, MPS, unknown GPUs)."""
     device = torch.device(device)
     if device.type == 'cuda':
         name = torch.cuda.get_device_name(device)
         for key, flops in GPU_PEAK_BF16.items():
             if key in name:
                 return flops / 2 if dtype == torch.float32 else flops
-    return measured_peak_flops(device, dtype if device.type != 'cpu' else torch.float32)
+    return measured_peak_flops(device, dtype)

@@ -14,6 +14,7 @@ Several processes with DDP (the global batch is the same whatever their number):
 Settings are the module-level variables below; see configurator.py for how they are overridden.
 """
 
+import ctypes
 import json
 import math
 import os
@@ -81,8 +82,9 @@ beta1 = 0.9
 beta2 = 0.99
 grad_clip = 1.0  # clip gradients to this norm; 0 = no clipping
 max_skipped_steps = 20  # stop after this many non-finite steps in a row
-# learning rate schedule: linear warmup, then cosine decay to min_lr
+# learning rate schedule: linear warmup, then a cosine (or linear) decay to min_lr
 decay_lr = True
+lr_schedule = 'cosine'  # 'cosine' (nanoGPT's) | 'linear' (measured a little better for short runs)
 warmup_iters = 100
 lr_decay_iters = 1000  # usually max_iters
 min_lr = 3e-4  # usually learning_rate / 10
@@ -126,7 +128,7 @@ def validate_settings():
     if decay_lr and max_time == 0 and lr_decay_iters <= warmup_iters:
         raise UserError(f"lr_decay_iters ({lr_decay_iters}) must be larger than warmup_iters ({warmup_iters})")
     choices = {'model_type': ('gpt', 'seq2seq'), 'dtype': ('auto', 'float32', 'bfloat16', 'float16'),
-               'backend': ('auto', 'nccl', 'gloo'), 'optimizer': ('adamw', 'muon'),
+               'backend': ('auto', 'nccl', 'gloo'), 'optimizer': ('adamw', 'muon'), 'lr_schedule': ('cosine', 'linear'),
                'init_from': ('scratch', 'resume', 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')}
     for key, allowed in choices.items():
         if globals()[key] not in allowed:
@@ -155,6 +157,18 @@ def resolve_dtype(device_type):
     if device_type == 'cuda':
         return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
     return 'float32'
+
+
+def keep_freed_memory():
+    """Stop glibc's malloc from handing each freed activation buffer back to the OS: on a CPU every
+    step would otherwise page-fault tens of MB back in (~8% of the CPU recipe's step). Linux only."""
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+    except OSError:  # not glibc (macOS, Windows, musl): nothing to tune
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
+    # blocks up to 32 MiB (glibc's largest) come from the heap, which keeps up to 1 GiB free for reuse
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
 
 def data_folder():
@@ -209,7 +223,7 @@ def check_resumable(checkpoint, explicit, meta):
 
 
 def get_lr(it, elapsed):
-    """Linear warmup, then cosine decay to min_lr over lr_decay_iters (or over max_time)."""
+    """Linear warmup, then a cosine or linear decay to min_lr over lr_decay_iters (or over max_time)."""
     if not decay_lr:
         return learning_rate
     if it < warmup_iters:
@@ -220,7 +234,8 @@ def get_lr(it, elapsed):
         progress = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
     if progress >= 1:
         return min_lr
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
+    remaining = 1 - progress if lr_schedule == 'linear' else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_lr + remaining * (learning_rate - min_lr)
 
 
 class Trainer:
@@ -273,6 +288,8 @@ class Trainer:
         self.accum = gradient_accumulation_steps // self.world  # micro-steps of this rank
         self.device_type = torch.device(self.device).type
         self.dtype = resolve_dtype(self.device_type)
+        if self.device_type == 'cpu':
+            keep_freed_memory()
         if self.master:
             os.makedirs(out_dir, exist_ok=True)
 

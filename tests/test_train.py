@@ -3,6 +3,7 @@ checkpoints, exact resumption, gradient accumulation, DDP, wandb, eval_only.
 
 The helpers at the top are shared with test_sample.py and test_robustness.py."""
 import json
+import math
 import os
 import re
 import subprocess
@@ -85,6 +86,22 @@ def test_rows_are_drawn_by_the_seeded_generator(shakespeare_char_dir):
 
 # ---------------------------------------------------------------------------
 # A training run
+
+
+@pytest.mark.parametrize('schedule', ['cosine', 'linear'])
+def test_learning_rate_warms_up_then_decays_to_min_lr(monkeypatch, schedule):
+    settings = dict(decay_lr=True, lr_schedule=schedule, learning_rate=1.0, min_lr=0.1, warmup_iters=10,
+                    lr_decay_iters=110, max_time=0.0)
+    for key, value in settings.items():
+        monkeypatch.setattr(train, key, value)
+    three_quarters = 0.25 if schedule == 'linear' else 0.5 * (1 + math.cos(0.75 * math.pi))
+    assert train.get_lr(0, 0.0) == pytest.approx(1 / 11)
+    assert train.get_lr(10, 0.0) == 1.0
+    assert train.get_lr(60, 0.0) == pytest.approx(0.55)  # both shapes are halfway at the middle
+    assert train.get_lr(85, 0.0) == pytest.approx(0.1 + 0.9 * three_quarters)
+    assert train.get_lr(500, 0.0) == 0.1
+    monkeypatch.setattr(train, 'max_time', 200.0)  # with a time budget the decay follows the clock
+    assert train.get_lr(60, 150.0) == pytest.approx(0.1 + 0.9 * three_quarters)
 
 
 def test_short_run_logs_in_nanogpt_format_and_learns(shakespeare_char_dir, tmp_path, capsys):
@@ -194,3 +211,28 @@ def test_eval_only_on_a_resumed_checkpoint_leaves_it_unchanged(shakespeare_char_
     assert len(steps) == 1 and steps[0] and steps[0][1] == '5'
     assert not any(line.startswith('iter ') for line in out.splitlines())
     assert file_bytes(tmp_path)['ckpt.pt'] == before
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc malloc tuning')
+def test_kept_freed_memory_stops_training_steps_from_page_faulting():
+    # in a fresh process: the setting is process-wide, and glibc's thresholds adapt to earlier allocations
+    code = """
+import resource, torch, train
+from model import GPT, GPTConfig
+torch.set_num_threads(1)
+model = GPT(GPTConfig(vocab_size=64, block_size=64, n_layer=2, n_head=2, n_embd=64))
+x = torch.randint(0, 64, (64, 64))
+def faults_per_step(steps=5):
+    model(x, x)[1].backward()  # warm-up
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(steps):
+        model(x, x)[1].backward()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / steps
+before = faults_per_step()
+assert train.keep_freed_memory()
+print(before, faults_per_step())
+"""
+    result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    before, after = map(float, result.stdout.split())
+    assert after < before / 5, (before, after)  # ~1,000 page faults a step before, ~0-80 after
