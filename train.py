@@ -244,6 +244,8 @@ class Trainer:
     def __init__(self, config, explicit):
         self.config = config
         self.setup_distributed()
+        if self.device_type == 'cpu':
+            keep_freed_memory()
         torch.manual_seed(seed + self.rank)  # dropout differs per rank; DDP copies rank 0's initial weights
         torch.set_float32_matmul_precision('high')  # TF32 matmuls on GPUs that have them
         self.ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[self.dtype]
@@ -288,8 +290,6 @@ class Trainer:
         self.accum = gradient_accumulation_steps // self.world  # micro-steps of this rank
         self.device_type = torch.device(self.device).type
         self.dtype = resolve_dtype(self.device_type)
-        if self.device_type == 'cpu':
-            keep_freed_memory()
         if self.master:
             os.makedirs(out_dir, exist_ok=True)
 
