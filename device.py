@@ -1,0 +1,214 @@
+"""
+Hardware: which device and dtype to run on, how fast the device can go, and the speed-ups
+that only pay on some hardware. model.py stays plain PyTorch; each speed-up here is applied
+to a built model by `speed_up(model, ...)`, says what it gains where it was measured, and has
+a test that it gives the numbers of the plain code.
+"""
+
+import ctypes
+import time
+from contextlib import contextmanager, nullcontext
+
+import torch
+from torch.nn import functional as F
+
+from configurator import UserError
+
+DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+
+# ---------------------------------------------------------------------------
+# Device and dtype
+
+
+def resolve_device(name):
+    """'auto' -> the best device present; a device that is not there is an error."""
+    if name == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    try:
+        kind = torch.device(name).type
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}: use cpu, cuda, cuda:N, mps or auto") from None
+    present = {'cpu': True, 'cuda': torch.cuda.is_available(), 'mps': torch.backends.mps.is_available()}
+    if not present.get(kind, False):
+        raise UserError(f"device {name!r} is not available on this machine: use --device=cpu (or auto)")
+    if kind == 'cuda':  # every later CUDA call (RNG state, bf16 query, allocations) then means this GPU
+        torch.cuda.set_device(name)
+    return name
+
+
+def cuda_has_bf16():
+    """bf16 in hardware (compute capability 8.0+: A100, H100, RTX 30xx...). Without
+    including_emulation=False, torch answers True on a V100 or T4 too, which emulate it slowly."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def cpu_has_bf16():
+    """Whether this CPU computes in bf16 (AVX512-BF16 or AMX): there bf16 matmuls are ~2x float32's speed."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def training_dtype(dtype, device_type):
+    """dtype='auto': bf16 where the hardware computes in it, float16 (with a gradient scaler) on
+    older GPUs, float32 elsewhere."""
+    if dtype != 'auto':
+        return dtype
+    if device_type == 'cuda':
+        return 'bfloat16' if cuda_has_bf16() else 'float16'
+    if device_type == 'cpu' and cpu_has_bf16():
+        return 'bfloat16'
+    return 'float32'
+
+
+def inference_dtype(dtype, device_type):
+    """Weights for generation: it reads every weight per token, and half-size weights are read
+    twice as fast. No gradient scaler is needed, so float16 is safe on older GPUs."""
+    return training_dtype(dtype, device_type)
+
+
+def autocast(device_type, dtype):
+    """Mixed precision: matmuls in `dtype`, reductions and the weights' master copy in float32."""
+    return nullcontext() if dtype == 'float32' else torch.autocast(device_type, dtype=DTYPES[dtype])
+
+
+def compile_supported(device):
+    """torch.compile's GPU kernels (Triton) need compute capability 7.0 (Volta) or newer."""
+    device = torch.device(device)
+    return device.type != 'cuda' or torch.cuda.get_device_capability(device) >= (7, 0)
+
+
+def keep_freed_memory():
+    """Stop glibc's malloc from handing each freed activation buffer back to the OS: on a CPU every
+    step would otherwise page-fault tens of MB back in (~8% of the CPU recipe's step). Linux only."""
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+    except OSError:  # not glibc (macOS, Windows, musl): nothing to tune
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
+    # blocks up to 32 MiB (glibc's largest) come from the heap, which keeps up to 1 GiB free for reuse
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
+# ---------------------------------------------------------------------------
+# Peak FLOP/s of the device, for MFU
+
+# Dense bf16/fp16 tensor-core FLOP/s with float32 accumulation (what PyTorch uses), from the
+# vendors' data sheets. Matched against torch.cuda.get_device_name by its longest contained key,
+# so 'NVIDIA H100 NVL' finds 'H100 NVL', not 'H100'; a name no key matches is measured instead.
+GPU_PEAK_BF16 = {
+    'H200': 989e12, 'H100': 989e12, 'H100 PCIe': 756e12, 'H100 NVL': 835e12, 'H800': 989e12,
+    'A100': 312e12, 'A800': 312e12, 'L40S': 362e12, 'L40': 181e12, 'L4': 121e12,
+    'A10G': 70e12, 'A10': 125e12, 'V100': 125e12, 'T4': 65e12,
+    'RTX 4090': 165e12, 'RTX 3090': 71e12,  # GeForce: half the fp16-accumulate rate of their data sheets
+}
+
+
+def gpu_table_peak(name):
+    """The table's entry for a GPU name, or None. A key matches only as whole words: 'L4' is not
+    in 'L40S', 'A100' is not in 'RTX A1000'."""
+    words = name.replace('-', ' ').split()
+    matches = [key for key in GPU_PEAK_BF16
+               if any(words[i:i + len(key.split())] == key.split() for i in range(len(words)))]
+    return GPU_PEAK_BF16[max(matches, key=len)] if matches else None
+
+
+def synchronize(device):
+    """Wait for the device to finish its queued work, so that a clock measures it."""
+    kind = torch.device(device).type
+    if kind == 'cuda':
+        torch.cuda.synchronize(device)
+    elif kind == 'mps':
+        torch.mps.synchronize()
+
+
+def measured_peak_flops(device, dtype):
+    """Best FLOP/s of large matmuls on this device: the practical peak where no data sheet applies.
+    On a GPU the matrices are large (8192) and several run between syncs, or launch overhead would
+    dominate; a CPU reaches its peak at 1024."""
+    device = torch.device(device)
+    n, repeats = (1024, 1) if device.type == 'cpu' else (8192, 8)
+    # constant, not random: the speed does not depend on the values, and drawing from the global RNG
+    # here would shift the random stream that a resumed run has just restored (its dropout masks)
+    a = torch.ones(n, n, device=device, dtype=dtype)
+    best = float('inf')
+    for _ in range(4):
+        synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            out = a @ a
+        out.sum().item()
+        best = min(best, (time.perf_counter() - t0) / repeats)
+    return 2 * n ** 3 / best
+
+
+def peak_flops(device, dtype):
+    """Peak FLOP/s of one `device` for `dtype`: the data sheet for known GPUs (TF32 = half the
+    bf16 rate), a measured matmul in `dtype` otherwise (CPU, MPS, unknown GPUs)."""
+    device = torch.device(device)
+    if device.type == 'cuda':
+        flops = gpu_table_peak(torch.cuda.get_device_name(device))
+        if flops is not None:
+            return flops / 2 if dtype == torch.float32 else flops
+    return measured_peak_flops(device, dtype)
+
+
+# ---------------------------------------------------------------------------
+# Speed-ups for particular hardware, applied to a built model
+
+
+class ReLUSquared(torch.autograd.Function):
+    """relu(x)^2 with its gradient 2 relu(x) written out: autograd's takes four passes over the
+    MLP's wide activations where two suffice, which makes the CPU recipe's steps ~4% faster
+    (memory-bound passes; measured on a 2-core AVX512-BF16 CPU). Same numbers as the plain code."""
+
+    @staticmethod
+    def forward(ctx, x):
+        r = F.relu(x)
+        ctx.save_for_backward(r)
+        return r * r
+
+    @staticmethod
+    def backward(ctx, grad):
+        r, = ctx.saved_tensors
+        return grad.mul(r).mul_(2)
+
+
+class Float32Attention:
+    """Attention (softmax(q k^T / sqrt(d)) v) in float32 under CPU autocast: on a CPU, bf16
+    attention trains several times slower than float32's (no bf16 kernels for its small
+    matmuls and softmax), while the projections around it keep their ~2x bf16 gain."""
+
+    def __init__(self, attend):
+        self.attend = attend  # the model's own attention function, fused or written out
+
+    def __call__(self, q, k, v, **kwargs):
+        if not torch.is_autocast_enabled('cpu'):  # weights already in one dtype (sampling): nothing to do
+            return self.attend(q, k, v, **kwargs)
+        with torch.autocast('cpu', enabled=False):
+            return self.attend(q.float(), k.float(), v.float(), **kwargs)
+
+
+@contextmanager
+def one_token_kernels(tokens):
+    """Run a step that feeds one token of one sequence with PyTorch's own matrix-vector kernels
+    on a CPU: there, with bf16 weights, they stream the weights ~1.7x faster than oneDNN's matmul
+    (measured on an AVX512-BF16 CPU), which stays the faster choice for any step with more rows."""
+    if tokens.device.type != 'cpu' or tokens.numel() != 1 or not torch.backends.mkldnn.enabled:
+        yield
+        return
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = True
+
+
+def speed_up(model, device_type, dtype):
+    """Apply the speed-ups that pay on this hardware to `model` (in place; returns it).
+    Modules are recognised by what model.py gives them: MLPs their `kind`, attentions `attend`."""
+    for module in model.modules():
+        if getattr(module, 'kind', None) == 'relu2' and hasattr(module, 'activation'):
+            module.activation = ReLUSquared.apply
+        if device_type == 'cpu' and dtype != 'float32' and hasattr(module, 'attend') \
+                and not isinstance(module.attend, Float32Attention):
+            module.attend = Float32Attention(module.attend)
+    return model
