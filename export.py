@@ -22,10 +22,11 @@ import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint, tokenizer_state
 from configurator import UserError, configure, run_cli, settings_of
-from model import HF_TRANSPOSED
-
-HF_ACTIVATION = {'gelu': 'gelu', 'gelu_tanh': 'gelu_new'}  # our mlp -> transformers' activation_function
+from model import HF_ACTIVATIONS, HF_TRANSPOSED
 from tokenizer import TiktokenTokenizer
+
+# our mlp -> transformers' activation_function: model.py's table read backwards, its first name for each
+HF_ACTIVATION = {ours: theirs for theirs, ours in reversed(HF_ACTIVATIONS.items())}
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the training run whose ckpt.pt is exported
@@ -190,7 +191,7 @@ def export(checkpoint, folder):
 
 
 def main(argv=None):
-    config, _ = configure(DEFAULTS, argv)
+    config, _ = configure(DEFAULTS, argv, sources=[__file__])
     globals().update(config)
     folder = to or os.path.join(out_dir, 'hf')
     if os.path.isfile(folder):

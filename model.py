@@ -1,13 +1,14 @@
 """
-Transformers in one file, built from one set of parts.
+Transformers in one file, built from one set of parts. Read it top to bottom:
 
-- Attention: multi-head attention in three modes. 'causal' (a decoder looks only
-  at the past), 'bidirectional' (an encoder looks everywhere, except padding) and
-  'cross' (decoder queries read the encoder's output).
-- MLP, Block: a pre-norm residual block = self-attention (+ cross-attention) + MLP.
+  configuration -> positions (learned, sinusoidal, rotary) -> attention (masks, heads, the
+  formula, causal / bidirectional / cross) -> MLP -> block -> the models.
+
 - GPT: decoder-only language model, GPT-2 compatible by default (loads its weights).
-- Seq2SeqTransformer: the encoder-decoder of "Attention Is All You Need" for translation.
-An encoder-only (BERT-style) model is `Block(config, causal=False)` stacked over embeddings.
+- Seq2SeqTransformer: the encoder-decoder of "Attention Is All You Need", for translation.
+
+Generation (KV cache, sampling, greedy and beam search) lives in generate.py; device and dtype
+choice, peak FLOPs and hardware-specific speed-ups in device.py. This file is plain PyTorch.
 
 References: GPT-2 (Radford et al. 2019), "Attention Is All You Need" (Vaswani et al. 2017),
 nanoGPT (Karpathy). Modern options (RoPE, RMSNorm, QK-norm, ReLU^2/SwiGLU, GQA) are off
@@ -16,12 +17,14 @@ by default so that GPT-2 checkpoints load unchanged.
 
 import inspect
 import math
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields
+from functools import partial
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+import generate
 
 # ---------------------------------------------------------------------------
 # Configuration
@@ -44,6 +47,7 @@ class TransformerConfig:
     qk_norm: bool = False  # normalise queries and keys per head: keeps attention logits bounded at high lr
     mlp: str = 'gelu'  # 'gelu' | 'gelu_tanh' (GPT-2's approximation) | 'relu2' (ReLU squared, cheap and strong) | 'swiglu' (gated)
     tie_embeddings: bool = True  # the output head reuses the token embedding matrix
+    fused_attention: bool = True  # PyTorch's fused kernel; False runs the formula as written (same numbers, slower)
 
     def __post_init__(self):
         for name in ('vocab_size', 'n_layer', 'n_head', 'n_embd'):
@@ -111,7 +115,7 @@ def config_fields(config_class):
 
 
 # ---------------------------------------------------------------------------
-# Positions
+# Positions: attention itself is blind to order, so each token must be told where it is
 
 
 def sinusoidal_positions(length, dim):
@@ -140,55 +144,102 @@ def apply_rotary(x, cos, sin):
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
+class PositionalEncoding(nn.Module):
+    """Where each token is. 'learned': a trained vector per position, added to the input
+    (GPT-2's wpe). 'sinusoidal': the paper's fixed vectors, added. 'rope': nothing is added;
+    attention rotates queries and keys instead, with the tables returned here. Computed tables
+    (sinusoidal, rope) grow on demand, so such a model reads inputs longer than it was trained on."""
+
+    def __init__(self, config, max_len):
+        super().__init__()
+        self.kind, self.n_embd, self.head_dim, self.rope_theta = config.pos_emb, config.n_embd, config.head_dim, config.rope_theta
+        if self.kind == 'learned':
+            self.weight = nn.Parameter(torch.randn(max_len, config.n_embd) * 0.02)
+        else:
+            self.make_tables(max_len)
+
+    def make_tables(self, length):
+        if self.kind == 'sinusoidal':
+            self.register_buffer('table', sinusoidal_positions(length, self.n_embd), persistent=False)
+        else:
+            cos, sin = rotary_tables(length, self.head_dim, self.rope_theta)
+            self.register_buffer('cos', cos, persistent=False)
+            self.register_buffer('sin', sin, persistent=False)
+
+    def max_len(self):
+        """Positions this module can encode now (the learned table's fixed length, or the tables' current one)."""
+        return len(self.weight if self.kind == 'learned' else self.table if self.kind == 'sinusoidal' else self.cos)
+
+    def forward(self, x, start=0):
+        """x: (B, T, C) token embeddings of positions start..start+T-1 -> (x, rope tables or None)."""
+        end = start + x.size(1)
+        if self.kind == 'learned':
+            if end > self.max_len():
+                raise ValueError(f"position {end - 1} is past the {self.max_len()} learned positions of this model")
+            return x + self.weight[start:end], None
+        if end > self.max_len():
+            device = next(iter(self.buffers())).device
+            self.make_tables(max(end, 2 * self.max_len()))
+            self.to(device)
+        if self.kind == 'sinusoidal':
+            return x + self.table[start:end], None
+        return x, (self.cos[start:end].to(x.dtype), self.sin[start:end].to(x.dtype))
+
+    def crop(self, max_len):
+        if self.kind == 'learned':
+            self.weight = nn.Parameter(self.weight.data[:max_len].clone())
+        for name, table in list(self.named_buffers()):
+            setattr(self, name, table[:max_len].clone())
+
+
 # ---------------------------------------------------------------------------
-# KV cache
+# Attention
 
 
-class KVCache:
-    """Keys and values already computed during generation, so that each new token is
-    one query against the stored keys instead of a re-run of the whole context.
-
-    Self-attention layers write each new position into buffers of max_len positions made on
-    first use (no re-allocation as the text grows). Cross-attention layers store the
-    projection of the encoder output once per sentence (it never changes)."""
-
-    def __init__(self, max_len):
-        self.max_len = max_len
-        self.pos = 0  # positions processed so far; the model advances it after each forward
-        self.self_kv = {}  # layer -> (k, v) buffers, (B, kv_heads, max_len, head_dim)
-        self.cross_kv = {}  # layer -> (k, v) of the encoder output
-
-    def append(self, layer, k, v):
-        """Store k, v (B, kv_heads, T, head_dim) at positions pos..pos+T-1; return the keys and values so far."""
-        if layer not in self.self_kv:
-            B, H, _, D = k.shape
-            self.self_kv[layer] = (k.new_empty(B, H, self.max_len, D), v.new_empty(B, H, self.max_len, D))
-        keys, values = self.self_kv[layer]
-        end = self.pos + k.size(2)
-        keys[:, :, self.pos:end], values[:, :, self.pos:end] = k, v
-        return keys[:, :, :end], values[:, :, :end]
-
-    def reorder(self, index):
-        """Beam search: keep the histories of the beams that survived (rows `index`).
-        Cross-attention entries are the same for every beam of a sentence and stay put."""
-        for k, v in self.self_kv.values():  # only the filled positions: the rest of the buffers are unused
-            k[:, :, :self.pos] = k[index, :, :self.pos]
-            v[:, :, :self.pos] = v[index, :, :self.pos]
+def causal_mask(T, past, device):
+    """(T, past + T) bool, True where query i may read key j: itself and everything before it,
+    including `past` earlier positions already in the KV cache. The decoder cannot peek ahead."""
+    return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)
 
 
-# ---------------------------------------------------------------------------
-# Parts
+def padding_mask(tokens, pad_id):
+    """(B, 1, 1, S) bool, True at real tokens: attention never reads <pad>. A row of padding only
+    (an empty sentence) keeps its first position readable, so its softmax is finite, not 0/0."""
+    mask = tokens != pad_id
+    mask[:, 0] |= ~mask.any(dim=1)
+    return mask[:, None, None, :]
 
 
-def make_norm(config, dim=None):
-    dim = dim or config.n_embd
-    if config.norm == 'rmsnorm':
-        return nn.RMSNorm(dim)
-    return nn.LayerNorm(dim, bias=config.bias)
+def split_heads(x, n_head):
+    """(B, T, n_head * D) -> (B, T, n_head, D): each head attends with its own slice of channels."""
+    B, T, C = x.shape
+    return x.view(B, T, n_head, C // n_head)
+
+
+def merge_heads(y):
+    """(B, n_head, T, D) -> (B, T, n_head * D): the heads' outputs side by side, for the output projection."""
+    B, H, T, D = y.shape
+    return y.transpose(1, 2).reshape(B, T, H * D)
+
+
+def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0, enable_gqa=False):
+    """softmax(q k^T / sqrt(d)) v, written out: what F.scaled_dot_product_attention computes in one
+    fused kernel. q: (B, H, T, D); k, v: (B, H_kv, S, D); attn_mask: bool, True = may attend."""
+    if enable_gqa:  # grouped-query attention: each k/v head serves H / H_kv query heads
+        k, v = k.repeat_interleave(q.size(1) // k.size(1), dim=1), v.repeat_interleave(q.size(1) // v.size(1), dim=1)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, H, T, S): how well each query matches each key
+    if is_causal:
+        attn_mask = causal_mask(q.size(-2), k.size(-2) - q.size(-2), q.device)
+    if attn_mask is not None:
+        att = att.masked_fill(~attn_mask, float('-inf'))
+    att = F.softmax(att, dim=-1)  # each query's weights over the keys sum to 1
+    if dropout_p > 0.0:
+        att = F.dropout(att, dropout_p)
+    return att @ v  # (B, H, T, D): the values, mixed by those weights
 
 
 class Attention(nn.Module):
-    """Multi-head scaled dot-product attention: softmax(q k^T / sqrt(d)) v, per head.
+    """Multi-head attention: each head compares queries with keys and mixes the values accordingly.
 
     mode 'causal': position t sees positions <= t (decoder self-attention).
     mode 'bidirectional': every position sees every non-padding position (encoder).
@@ -199,51 +250,46 @@ class Attention(nn.Module):
         super().__init__()
         assert mode in ('causal', 'bidirectional', 'cross')
         self.mode = mode
-        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
-        q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        self.n_head, self.n_kv_head = config.n_head, config.kv_heads
+        q_dim, kv_dim = config.n_head * config.head_dim, config.kv_heads * config.head_dim
+        self.qkv_dims = (q_dim, kv_dim, kv_dim)
         if mode == 'cross':
             self.c_q = nn.Linear(config.n_embd, q_dim, bias=config.bias)
             self.c_kv = nn.Linear(config.n_embd, 2 * kv_dim, bias=config.bias)
         else:  # one matmul for q, k and v together (GPT-2's c_attn)
             self.c_attn = nn.Linear(config.n_embd, q_dim + 2 * kv_dim, bias=config.bias)
         self.c_proj = nn.Linear(q_dim, config.n_embd, bias=config.bias)
-        self.q_norm = make_norm(config, self.head_dim) if config.qk_norm else None
-        self.k_norm = make_norm(config, self.head_dim) if config.qk_norm else None
+        self.q_norm = make_norm(config, config.head_dim) if config.qk_norm else None
+        self.k_norm = make_norm(config, config.head_dim) if config.qk_norm else None
         self.rotary = config.pos_emb == 'rope' and mode != 'cross'  # cross-attention has no shared positions
+        self.attend = F.scaled_dot_product_attention if config.fused_attention else scaled_dot_product_attention
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def split_heads(self, x, n_head, norm=None):
-        """(B, T, n_head * D) -> (B, T, n_head, D), then QK-norm if given. Heads move to dim 1
-        only for the attention call, so the norms and rotary work on contiguous rows of D channels."""
-        B, T, _ = x.shape
-        x = x.view(B, T, n_head, self.head_dim)
-        if x.device.type == 'cpu' and torch.is_autocast_enabled('cpu'):
-            # on a CPU, float32 attention (norms and rotary included) trains several times faster than bf16's
+    def norm_heads(self, x, norm):
+        """QK-norm of heads (B, T, H, D), if configured. Under autocast the heads arrive in bf16: the
+        norm and the rotation after it run in float32, as their gains and tables are (angles need the precision)."""
+        if (norm is not None or self.rotary) and torch.is_autocast_enabled(x.device.type):
             x = x.float()
-        return norm(x) if norm is not None else x
+        return x if norm is None else norm(x)
 
     def project_memory(self, memory):
+        """Cross-attention's keys and values: projections of the encoder output, (B, S, heads, D)."""
         k, v = self.c_kv(memory).chunk(2, dim=-1)
-        return self.split_heads(k, self.n_kv_head, self.k_norm), self.split_heads(v, self.n_kv_head)
+        return self.norm_heads(split_heads(k, self.n_kv_head), self.k_norm), split_heads(v, self.n_kv_head)
 
     def forward(self, x, mask=None, memory=None, rope=None, cache=None):
         """x: (B, T, C). mask: bool, True where a key may be attended, broadcastable to
         (B, n_head, T, S): the padding mask. rope: (cos, sin) for x's positions.
-        cache: a KVCache during generation."""
-        q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        cache: a generate.KVCache during generation."""
         if self.mode == 'cross':
-            q = self.split_heads(self.c_q(x), self.n_head, self.q_norm)
-            if cache is None:
-                k, v = self.project_memory(memory)
-            else:  # once per sentence, not once per generated token
-                if self not in cache.cross_kv:
-                    cache.cross_kv[self] = self.project_memory(memory)
-                k, v = cache.cross_kv[self]
+            q = split_heads(self.c_q(x), self.n_head)
+            k, v = self.project_memory(memory) if cache is None else cache.cross(self, memory)
         else:
-            q, k, v = self.c_attn(x).split((q_dim, kv_dim, kv_dim), dim=-1)
-            q = self.split_heads(q, self.n_head, self.q_norm)
-            k, v = self.split_heads(k, self.n_kv_head, self.k_norm), self.split_heads(v, self.n_kv_head)
+            q, k, v = self.c_attn(x).split(self.qkv_dims, dim=-1)
+            q, k, v = split_heads(q, self.n_head), split_heads(k, self.n_kv_head), split_heads(v, self.n_kv_head)
+            k = self.norm_heads(k, self.k_norm)
+        q = self.norm_heads(q, self.q_norm)
         if self.rotary:  # after the norms: rotating first would let the per-channel gains undo it
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
@@ -256,36 +302,39 @@ class Attention(nn.Module):
             if T > 1 and past == 0:
                 is_causal = True  # the causal mask: query t sees keys 0..t
             elif T > 1:  # new queries after a cached prefix: query i sees keys 0..past+i
-                mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-        cpu_autocast = q.device.type == 'cpu' and torch.is_autocast_enabled('cpu')
-        with torch.autocast('cpu', enabled=False) if cpu_autocast else nullcontext():  # float32, see split_heads
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=is_causal,
-                dropout_p=self.dropout if self.training else 0.0,
-                enable_gqa=self.n_kv_head != self.n_head)  # GQA: each k/v head serves n_head/n_kv_head query heads
-        y = y.transpose(1, 2).contiguous().view(x.size(0), x.size(1), q_dim).type_as(x)
-        return self.resid_dropout(self.c_proj(y))
+                mask = causal_mask(T, past, x.device)
+        y = self.attend(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0,
+                        enable_gqa=self.n_kv_head != self.n_head)
+        return self.resid_dropout(self.c_proj(merge_heads(y)))
 
 
-class ReLUSquared(torch.autograd.Function):
-    """relu(x)^2 (Primer, So et al. 2021): sparse like ReLU, smooth at zero. Its gradient 2 relu(x)
-    is written out: autograd's takes four passes over the MLP's wide activations where two
-    suffice, which makes the CPU recipe's steps ~4% faster (memory-bound passes)."""
+# ---------------------------------------------------------------------------
+# MLP and block
 
-    @staticmethod
-    def forward(ctx, x):
-        r = F.relu(x)
-        ctx.save_for_backward(r)
-        return r * r
 
-    @staticmethod
-    def backward(ctx, grad):
-        r, = ctx.saved_tensors
-        return grad.mul(r).mul_(2)
+def make_norm(config, dim=None):
+    """LayerNorm (GPT-2) or RMSNorm (no mean subtraction: cheaper, as good)."""
+    dim = dim or config.n_embd
+    if config.norm == 'rmsnorm':
+        return nn.RMSNorm(dim)
+    return nn.LayerNorm(dim, bias=config.bias)
+
+
+def relu_squared(x):
+    """relu(x)^2 (Primer, So et al. 2021): sparse like ReLU, smooth at zero."""
+    return F.relu(x).square()
+
+
+ACTIVATIONS = {
+    'gelu': F.gelu,  # exact (erf); on a CPU several times faster than the tanh form
+    'gelu_tanh': partial(F.gelu, approximate='tanh'),  # the approximation GPT-2 was trained with: its weights want it
+    'relu2': relu_squared,
+}
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward network: widen, non-linearity, project back."""
+    """Position-wise feed-forward network: widen, non-linearity, project back. Attention moves
+    information between positions; this is where each position computes on what it gathered."""
 
     def __init__(self, config):
         super().__init__()
@@ -296,25 +345,24 @@ class MLP(nn.Module):
         else:
             hidden = 4 * config.n_embd
             self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+            self.activation = ACTIVATIONS[self.kind]
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
         x = self.c_fc(x)
-        if self.kind == 'gelu':  # exact (erf); on a CPU several times faster than the tanh form
-            x = F.gelu(x)
-        elif self.kind == 'gelu_tanh':  # the approximation GPT-2 was trained with: its weights want it
-            x = F.gelu(x, approximate='tanh')
-        elif self.kind == 'relu2':
-            x = ReLUSquared.apply(x)
-        else:
+        if self.kind == 'swiglu':  # SwiGLU: one half of the units gates the other
             gate, value = x.chunk(2, dim=-1)
             x = F.silu(gate) * value
+        else:
+            x = self.activation(x)
         return self.dropout(self.c_proj(x))
 
 
 class Block(nn.Module):
     """Pre-norm residual block: x + attention(norm(x)), [x + cross-attention(norm(x))], x + mlp(norm(x)).
+    Each part adds to the residual stream x instead of replacing it, so gradients flow straight
+    through deep stacks; normalising each part's input (pre-norm) keeps training stable.
     causal=False gives an encoder block; cross=True adds cross-attention (decoder of a seq2seq model)."""
 
     def __init__(self, config, causal=True, cross=False):
@@ -335,44 +383,23 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-class PositionalEncoding(nn.Module):
-    """Where each token is. 'learned': a trained vector per position, added to the input
-    (GPT-2's wpe). 'sinusoidal': the paper's fixed vectors, added. 'rope': nothing is added;
-    attention rotates queries and keys instead, with the tables returned here."""
-
-    def __init__(self, config, max_len):
-        super().__init__()
-        self.kind = config.pos_emb
-        if self.kind == 'learned':
-            self.weight = nn.Parameter(torch.randn(max_len, config.n_embd) * 0.02)
-        elif self.kind == 'sinusoidal':
-            self.register_buffer('table', sinusoidal_positions(max_len, config.n_embd), persistent=False)
-        else:
-            cos, sin = rotary_tables(max_len, config.head_dim, config.rope_theta)
-            self.register_buffer('cos', cos, persistent=False)
-            self.register_buffer('sin', sin, persistent=False)
-
-    def forward(self, x, start=0):
-        """x: (B, T, C) token embeddings of positions start..start+T-1 -> (x, rope tables or None)."""
-        T = x.size(1)
-        if self.kind == 'learned':
-            return x + self.weight[start:start + T], None
-        if self.kind == 'sinusoidal':
-            return x + self.table[start:start + T], None
-        return x, (self.cos[start:start + T].to(x.dtype), self.sin[start:start + T].to(x.dtype))
-
-    def crop(self, max_len):
-        if self.kind == 'learned':
-            self.weight = nn.Parameter(self.weight.data[:max_len].clone())
-        for name, table in list(self.named_buffers()):
-            setattr(self, name, table[:max_len].clone())
-
-
 # ---------------------------------------------------------------------------
-# What every model here shares: initialisation, optimizers, FLOPs
+# What every model here shares: the stack, initialisation, optimizers, FLOPs
 
 
 class TransformerModel(nn.Module):
+
+    def run_stack(self, tokens, embedding, positions, blocks, final_norm, cache=None, **block_args):
+        """The path every stack takes: token embedding, positions, dropout, the blocks, a final norm.
+        With a cache the tokens continue at position cache.pos, which then moves past them."""
+        start = 0 if cache is None else cache.pos
+        x, rope = positions(embedding(tokens) * self.emb_scale, start)
+        x = self.drop(x)
+        for block in blocks:
+            x = block(x, rope=rope, cache=cache, **block_args)
+        if cache is not None:
+            cache.pos += tokens.size(1)
+        return final_norm(x)
 
     def init_weights(self, n_residual_layers):
         """GPT-2 initialisation: N(0, 0.02) everywhere, and the projections that write into
@@ -428,70 +455,28 @@ class TransformerModel(nn.Module):
 
 
 # ---------------------------------------------------------------------------
-# Sampling
-
-
-def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None):
-    """Pick one token per row from logits (B, V). temperature 0 is greedy (argmax);
-    top_k keeps the k likeliest; top_p keeps the smallest set holding probability top_p."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-        logits = logits.masked_fill(logits < kth, float('-inf'))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        probs = F.softmax(sorted_logits, dim=-1)
-        outside = probs.cumsum(dim=-1) - probs > top_p  # mass before this token already exceeds top_p
-        sorted_logits = sorted_logits.masked_fill(outside, float('-inf'))
-        logits = torch.full_like(logits, float('-inf')).scatter(-1, order, sorted_logits)
-    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
-
-
-# ---------------------------------------------------------------------------
 # GPT: decoder-only language model
 
 # Hugging Face's GPT-2 stores these as Conv1D, (in, out): transposed from nn.Linear.
 HF_TRANSPOSED = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
 HF_ACTIVATIONS = {'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh', 'gelu': 'gelu'}  # transformers' name -> our mlp
-GPT2_SIZES = {
-    'gpt2': dict(n_layer=12, n_head=12, n_embd=768),  # 124M
-    'gpt2-medium': dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
-    'gpt2-large': dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
-    'gpt2-xl': dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
-}
-
-
-@contextmanager
-def one_token_kernels(tokens):
-    """Run a step that feeds one token of one sequence with PyTorch's own matrix-vector kernels
-    on a CPU: there, with bf16 weights, they stream the weights ~1.7x faster than oneDNN's matmul
-    (measured on an AVX512-BF16 CPU), which stays the faster choice for any step with more rows."""
-    if tokens.device.type != 'cpu' or tokens.numel() != 1 or not torch.backends.mkldnn.enabled:
-        yield
-        return
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = True
 
 
 class GPT(TransformerModel):
+    """Predicts each next token from the ones before it: token embedding + positions, a stack of
+    causal blocks, and a head that maps each position's vector to logits over the vocabulary."""
 
     def __init__(self, config):
         super().__init__()
         self.config = config
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding: one learned vector per token id
             wpe=PositionalEncoding(config, config.block_size),
-            drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=make_norm(config),
         ))
+        self.drop = nn.Dropout(config.dropout)
+        self.emb_scale = 1.0
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:  # weight tying: one matrix maps ids to vectors and vectors to logits
             self.transformer.wte.weight = self.lm_head.weight
@@ -501,20 +486,15 @@ class GPT(TransformerModel):
         return 6 * self.get_num_params() + self.attention_flops_per_token(self.config.block_size)
 
     def forward(self, idx, targets=None, cache=None):
-        """idx: (B, T) token ids. targets: (B, T) next ids, -1 = ignore. With no targets only
-        the last position's logits are computed (all that sampling needs)."""
-        T = idx.size(1)
-        start = 0 if cache is None else cache.pos
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of length {start + T} is longer than block_size "
+        """idx: (B, T) token ids. targets: (B, T) the next ids (idx shifted by one; -1 = ignore):
+        teacher forcing, every position predicts its next token at once. With no targets only the
+        last position's logits are computed (all that sampling needs)."""
+        length = idx.size(1) + (0 if cache is None else cache.pos)
+        if length > self.config.block_size:
+            raise ValueError(f"sequence of length {length} is longer than block_size "
                              f"{self.config.block_size}: crop it to the last {self.config.block_size} tokens")
-        x, rope = self.transformer.wpe(self.transformer.wte(idx), start)
-        x = self.transformer.drop(x)
-        for block in self.transformer.h:
-            x = block(x, rope=rope, cache=cache)
-        x = self.transformer.ln_f(x)
-        if cache is not None:
-            cache.pos += T
+        t = self.transformer
+        x = self.run_stack(idx, t.wte, t.wpe, t.h, t.ln_f, cache=cache)
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None
         logits = self.lm_head(x)
@@ -561,27 +541,10 @@ class GPT(TransformerModel):
         return model
 
     @torch.inference_mode()
-    def stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
-        """Yield (B, 1) new tokens one at a time. With the KV cache each step feeds only the
-        newest token. Past block_size the context is cropped to the last block_size tokens;
-        every position then shifts, the cached keys are stale, and each step re-runs the window."""
-        cache = KVCache(self.config.block_size) if use_cache else None
-        for _ in range(max_new_tokens):
-            if cache is not None and idx.size(1) <= self.config.block_size:
-                new = idx[:, cache.pos:]
-                with one_token_kernels(new):
-                    logits, _ = self(new, cache=cache)
-            else:
-                logits, _ = self(idx[:, -self.config.block_size:])
-            next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p)
-            idx = torch.cat((idx, next_token), dim=1)
-            yield next_token
-
-    @torch.inference_mode()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
-        """Continue each row of idx (B, T) by max_new_tokens tokens; returns (B, T + max_new_tokens)."""
-        new = list(self.stream(idx, max_new_tokens, temperature, top_k, top_p, use_cache))
-        return torch.cat([idx, *new], dim=1)
+        """Continue each row of idx (B, T) by max_new_tokens tokens; returns (B, T + max_new_tokens).
+        nanoGPT's signature; the loop itself is generate.sample."""
+        return generate.sample(self, idx, max_new_tokens, temperature, top_k, top_p, use_cache)
 
 
 # ---------------------------------------------------------------------------
@@ -616,33 +579,24 @@ class Seq2SeqTransformer(TransformerModel):
         context = self.config.src_block_size + self.config.tgt_block_size
         return 6 * self.get_num_params() + self.attention_flops_per_token(context)
 
-    def padding_mask(self, src):
-        """(B, 1, 1, S), True at real tokens: attention never reads the <pad> positions."""
-        return (src != self.config.pad_id)[:, None, None, :]
-
     def encode(self, src):
-        """src: (B, S) right-padded source ids -> (memory (B, S, C), padding mask)."""
-        if src.size(1) > self.config.src_block_size:
-            raise ValueError(f"source of {src.size(1)} tokens is longer than src_block_size {self.config.src_block_size}")
-        mask = self.padding_mask(src)
-        x, rope = self.src_pos(self.src_emb(src) * self.emb_scale)
-        x = self.drop(x)
-        for block in self.encoder:
-            x = block(x, mask=mask, rope=rope)
-        return self.encoder_norm(x), mask
+        """src: (B, S) right-padded source ids -> (memory (B, S, C), padding mask). Computed positions
+        (sinusoidal, rope) read sources longer than src_block_size; learned ones cannot."""
+        if self.config.pos_emb == 'learned' and src.size(1) > self.config.src_block_size:
+            raise ValueError(f"source of {src.size(1)} tokens is longer than src_block_size {self.config.src_block_size} "
+                             f"(learned positions): crop it")
+        mask = padding_mask(src, self.config.pad_id)
+        memory = self.run_stack(src, self.src_emb, self.src_pos, self.encoder, self.encoder_norm, mask=mask)
+        return memory, mask
 
     def decode(self, tgt_in, memory, memory_mask, cache=None):
         """tgt_in: (B, T) target ids so far -> logits (B, T, vocab) for the next token at each position."""
-        start = 0 if cache is None else cache.pos
-        if start + tgt_in.size(1) > self.config.tgt_block_size:
-            raise ValueError(f"target of {start + tgt_in.size(1)} tokens is longer than tgt_block_size {self.config.tgt_block_size}")
-        x, rope = self.tgt_pos(self.tgt_emb(tgt_in) * self.emb_scale, start)
-        x = self.drop(x)
-        for block in self.decoder:
-            x = block(x, rope=rope, memory=memory, memory_mask=memory_mask, cache=cache)
-        if cache is not None:
-            cache.pos += tgt_in.size(1)
-        return self.lm_head(self.decoder_norm(x))
+        length = tgt_in.size(1) + (0 if cache is None else cache.pos)
+        if length > self.config.tgt_block_size:
+            raise ValueError(f"target of {length} tokens is longer than tgt_block_size {self.config.tgt_block_size}")
+        x = self.run_stack(tgt_in, self.tgt_emb, self.tgt_pos, self.decoder, self.decoder_norm, cache=cache,
+                           memory=memory, memory_mask=memory_mask)
+        return self.lm_head(x)
 
     def forward(self, src, tgt_in, targets=None):
         """Teacher forcing: the decoder reads the reference shifted right (tgt_in = <bos> y1 .. yn)
@@ -655,133 +609,10 @@ class Seq2SeqTransformer(TransformerModel):
                                label_smoothing=self.config.label_smoothing if self.training else 0.0)
         return logits, loss
 
-    def next_token_logits(self, tokens, memory, mask, cache):
-        """Logits (B, V) for the token after `tokens`; with a cache only the unseen tail is fed in."""
-        if cache is None:
-            return self.decode(tokens, memory, mask)[:, -1]
-        new = tokens[:, cache.pos:]
-        with one_token_kernels(new):
-            return self.decode(new, memory, mask, cache)[:, -1]
-
-    def strip(self, tokens):
-        """Rows of generated ids -> lists without <bos>, cut before <eos>."""
-        out = []
-        for row in tokens[:, 1:].tolist():
-            out.append(row[:row.index(self.config.eos_id)] if self.config.eos_id in row else row)
-        return out
-
     @torch.inference_mode()
     def generate(self, src, max_new_tokens=None, beam_size=1, length_penalty=0.6, use_cache=True):
-        """Translate each row of src (B, S). Returns a list of B token-id lists."""
+        """Translate each row of src (B, S) (greedy, or beam search). Returns a list of B token-id lists."""
         max_new_tokens = min(max_new_tokens or self.config.tgt_block_size, self.config.tgt_block_size - 1)  # <bos> takes a position
         if beam_size == 1:
-            return self.greedy_decode(src, max_new_tokens, use_cache)
-        return self.beam_search(src, max_new_tokens, beam_size, length_penalty, use_cache)
-
-    def greedy_decode(self, src, max_new_tokens, use_cache=True):
-        """Take the likeliest token at every step until each sentence has produced <eos>."""
-        memory, mask = self.encode(src)  # once per sentence
-        cache = KVCache(self.config.tgt_block_size) if use_cache else None
-        tokens = torch.full((src.size(0), 1), self.config.bos_id, dtype=torch.long, device=src.device)
-        done = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)
-        for _ in range(max_new_tokens):
-            next_token = self.next_token_logits(tokens, memory, mask, cache).argmax(dim=-1)
-            next_token = next_token.masked_fill(done, self.config.pad_id)
-            tokens = torch.cat((tokens, next_token[:, None]), dim=1)
-            done |= next_token == self.config.eos_id
-            if done.all():
-                break
-        return self.strip(tokens)
-
-    def beam_search(self, src, max_new_tokens, beam_size, length_penalty, use_cache=True):
-        """Keep the beam_size likeliest partial translations of each sentence; at each step
-        extend every one by every token and keep the best beam_size of the results. Finished
-        beams stay, extended only by <pad> at no cost. The winner maximises
-        log p / ((5 + length) / 6) ** length_penalty (Wu et al. 2016), so long outputs are not unfairly penalised."""
-        B, K, V = src.size(0), beam_size, self.config.vocab_size
-        memory, mask = self.encode(src)  # once per sentence, then shared by its K beams
-        memory, mask = memory.repeat_interleave(K, dim=0), mask.repeat_interleave(K, dim=0)
-        cache = KVCache(self.config.tgt_block_size) if use_cache else None
-        tokens = torch.full((B * K, 1), self.config.bos_id, dtype=torch.long, device=src.device)
-        scores = torch.zeros(B, K, device=src.device)
-        scores[:, 1:] = float('-inf')  # all beams start identical: expand only the first
-        lengths = torch.zeros(B * K, device=src.device)
-        done = torch.zeros(B * K, dtype=torch.bool, device=src.device)
-        for _ in range(max_new_tokens):
-            logprobs = F.log_softmax(self.next_token_logits(tokens, memory, mask, cache).float(), dim=-1)
-            logprobs[done] = float('-inf')
-            logprobs[done, self.config.pad_id] = 0.0
-            candidates = (scores.view(B * K, 1) + logprobs).view(B, K * V)
-            scores, flat = candidates.topk(K, dim=-1)
-            beam = (flat // V + torch.arange(B, device=src.device)[:, None] * K).view(-1)
-            next_token = (flat % V).view(-1)
-            tokens = torch.cat((tokens[beam], next_token[:, None]), dim=1)
-            lengths = lengths[beam] + (~done[beam]).float()
-            done = done[beam] | (next_token == self.config.eos_id)
-            if cache is not None:
-                cache.reorder(beam)
-            if done.all():
-                break
-        normalised = scores / (((5.0 + lengths) / 6.0) ** length_penalty).view(B, K)
-        best = normalised.argmax(dim=-1) + torch.arange(B, device=src.device) * K
-        return self.strip(tokens[best])
-
-    @torch.inference_mode()
-    def translate(self, sentences, tokenizer, device='cpu', beam_size=1, length_penalty=0.6, batch_size=64):
-        """Source sentences (str) -> translations (str). Sentences of similar length share a batch."""
-        ids = [tokenizer.encode(s) for s in sentences]
-        too_long = [i for i, x in enumerate(ids) if len(x) > self.config.src_block_size]
-        if too_long:
-            raise ValueError(f"sentence {too_long[0] + 1} has {len(ids[too_long[0]])} tokens, more than the model's "
-                             f"src_block_size of {self.config.src_block_size}: split it")
-        out = [''] * len(ids)  # an empty line translates to an empty line
-        order = sorted((i for i in range(len(ids)) if ids[i]), key=lambda i: len(ids[i]))
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            src = torch.full((len(chunk), max(len(ids[i]) for i in chunk)), self.config.pad_id, dtype=torch.long)
-            for row, i in enumerate(chunk):
-                src[row, :len(ids[i])] = torch.tensor(ids[i])
-            for i, hypothesis in zip(chunk, self.generate(src.to(device), beam_size=beam_size, length_penalty=length_penalty)):
-                out[i] = tokenizer.decode(hypothesis)
-        return out
-
-
-# ---------------------------------------------------------------------------
-# Peak FLOP/s of the device, for MFU
-
-GPU_PEAK_BF16 = {  # dense bf16/fp16 tensor-core FLOP/s from the vendors' data sheets
-    'H200': 989e12, 'H100 PCIe': 756e12, 'H100': 989e12, 'A100': 312e12, 'L40S': 362e12, 'L4': 121e12,
-    'A10G': 70e12, 'A10': 125e12, 'RTX 4090': 165e12, 'RTX 3090': 71e12, 'V100': 125e12, 'T4': 65e12,
-}
-
-
-def measured_peak_flops(device, dtype):
-    """Best FLOP/s of a large matmul on this device: the practical peak where no data sheet applies."""
-    import time
-    n = 1024
-    # constant, not random: the speed does not depend on the values, and drawing from the global RNG
-    # here would shift the random stream that a resumed run has just restored (its dropout masks)
-    a = torch.ones(n, n, device=device, dtype=dtype)
-    best = float('inf')
-    for _ in range(4):
-        t0 = time.perf_counter()
-        (a @ a).sum().item()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best
-
-
-def cpu_has_bf16():
-    """Whether this CPU computes in bf16 (AVX512-BF16 or AMX): there bf16 matmuls are ~2x float32's speed."""
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def peak_flops(device, dtype):
-    """Peak FLOP/s of `device` for `dtype`: the data sheet for known GPUs (TF32 = half the
-    bf16 rate), a measured matmul in `dtype` otherwise (CPU, MPS, unknown GPUs)."""
-    device = torch.device(device)
-    if device.type == 'cuda':
-        name = torch.cuda.get_device_name(device)
-        for key, flops in GPU_PEAK_BF16.items():
-            if key in name:
-                return flops / 2 if dtype == torch.float32 else flops
-    return measured_peak_flops(device, dtype)
+            return generate.greedy_decode(self, src, max_new_tokens, use_cache)
+        return generate.beam_search(self, src, max_new_tokens, beam_size, length_penalty, use_cache)

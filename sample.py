@@ -14,11 +14,12 @@ import time
 
 import torch
 
+import generate
 from checkpoint import load_checkpoint, model_from_checkpoint, tokenizer_state
 from configurator import UserError, configure, run_cli, settings_of
-from model import GPT, cpu_has_bf16
+from device import inference_dtype, resolve_device, speed_up
+from model import GPT
 from tokenizer import TiktokenTokenizer, tokenizer_from_state
-from train import resolve_device
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (from out_dir) or a GPT-2 variant: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'
@@ -66,7 +67,7 @@ def stream_text(model, tokenizer, idx):
     """Print one sample as it is generated. Decoding the whole sample each time keeps multi-byte
     characters split across BPE tokens intact: text is printed once it is complete."""
     ids, shown = [], ''
-    for token in model.stream(idx, max_new_tokens, temperature, top_k or None, top_p):
+    for token in generate.stream(model, idx, max_new_tokens, temperature, top_k or None, top_p):
         ids.append(token.item())
         text = tokenizer.decode(ids)
         if not text.endswith('\ufffd'):
@@ -92,7 +93,7 @@ def translate_text(model, tokenizer, source, run_device, checkpoint):
     sentences = source.splitlines() if start.startswith('FILE:') else [source.strip()]
     t0 = time.time()
     try:
-        translations = model.translate(sentences, tokenizer, run_device, beam_size, length_penalty, batch_size)
+        translations = generate.translate(model, sentences, tokenizer, run_device, beam_size, length_penalty, batch_size)
     except ValueError as e:
         raise UserError(str(e)) from None
     for line in translations:
@@ -119,32 +120,26 @@ def report_bleu(translations, model, checkpoint, seconds):
           f"(beam {beam_size})", file=sys.stderr)
 
 
-def inference_dtype(device_type):
-    """bf16 where the hardware computes in it (GPUs that have it, CPUs with AVX512-BF16 or AMX):
-    generating a token reads every weight, and bf16 weights are half the bytes."""
-    if device_type == 'cuda':
-        return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float32'
-    if device_type == 'cpu' and cpu_has_bf16():
-        return 'bfloat16'
-    return 'float32'
-
-
 def main(argv=None):
-    config, _ = configure(DEFAULTS, argv)
+    config, _ = configure(DEFAULTS, argv, sources=[__file__])
     globals().update(config)
     if temperature < 0 or num_samples < 0 or max_new_tokens < 0 or top_k < 0 or not 0 < top_p <= 1 or beam_size < 1:
         raise UserError("temperature, num_samples, max_new_tokens and top_k must be >= 0, top_p in (0, 1], beam_size >= 1")
     run_device = resolve_device(device)
     device_type = torch.device(run_device).type
-    run_dtype = dtype if dtype != 'auto' else inference_dtype(device_type)
+    run_dtype = inference_dtype(dtype, device_type)
     torch.manual_seed(seed)
     model, tokenizer, checkpoint = load_model()
     # inference needs no float32 master weights: half-size weights are read twice as fast
-    model.eval().to(run_device, getattr(torch, run_dtype))
-    if compile:  # the forward pass; generation calls it with a growing cache, so shapes are dynamic
-        model.forward = torch.compile(model.forward, dynamic=True)
+    speed_up(model.eval().to(run_device, getattr(torch, run_dtype)), device_type, run_dtype)
+    is_gpt = isinstance(model, GPT)
+    if compile:  # what generation calls, with a growing cache, so shapes are dynamic
+        if is_gpt:
+            model.forward = torch.compile(model.forward, dynamic=True)
+        else:
+            model.decode = torch.compile(model.decode, dynamic=True)
     prompt = read_prompt(start)
-    if hasattr(model, 'translate'):
+    if not is_gpt:
         translate_text(model, tokenizer, prompt, run_device, checkpoint)
     else:
         generate_text(model, tokenizer, prompt, run_device)

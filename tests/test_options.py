@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from model import (GPT, Attention, Block, GPTConfig, KVCache, ReLUSquared, Seq2SeqConfig, Seq2SeqTransformer, apply_rotary,
-                   one_token_kernels, rotary_tables)
+from generate import KVCache
+from model import GPT, Attention, Block, GPTConfig, Seq2SeqConfig, Seq2SeqTransformer, apply_rotary, rotary_tables
 
 VOCAB = 32
 BLOCK = 16
@@ -67,14 +67,6 @@ def test_every_option_combination_builds_and_trains_a_step(options):
     with torch.no_grad():
         _, loss_after = model(x, y)
     assert loss_after < loss
-
-
-def test_relu_squared_has_the_gradient_of_its_definition():
-    x = torch.randn(4, 7, dtype=torch.float64)
-    x = (x + 0.1 * x.sign()).requires_grad_()  # keep away from the kink at 0
-    torch.testing.assert_close(ReLUSquared.apply(x), torch.relu(x) ** 2)
-    assert torch.autograd.gradcheck(ReLUSquared.apply, (x,))
-    assert (ReLUSquared.apply(x) == 0).any() and (ReLUSquared.apply(x) > 0).any()
 
 
 def test_rope_attention_scores_depend_only_on_relative_positions():
@@ -226,27 +218,37 @@ def test_seq2seq_trains_and_decodes_with_modern_options():
     assert model.generate(src, beam_size=2, use_cache=True) == model.generate(src, beam_size=2, use_cache=False)
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this build")
-def test_one_token_kernels_switch_onednn_off_for_one_token_only_and_restore_it():
-    assert torch.backends.mkldnn.enabled
-    with one_token_kernels(torch.zeros(1, 1, dtype=torch.long)):
-        assert not torch.backends.mkldnn.enabled
-    with one_token_kernels(torch.zeros(2, 1, dtype=torch.long)):
-        assert torch.backends.mkldnn.enabled  # a batch of rows: oneDNN's matmul is faster
-    with pytest.raises(RuntimeError):
-        with one_token_kernels(torch.zeros(1, 1, dtype=torch.long)):
-            raise RuntimeError
-    assert torch.backends.mkldnn.enabled
-
-
-def test_bf16_one_token_steps_through_the_cache_match_the_full_forward():
-    """What sample.py runs on a bf16 CPU: one token at a time, the matrix-vector kernels, the preallocated cache."""
-    model = tiny_gpt().eval().to(torch.bfloat16)
-    seq = random_tokens(1, 8)
+@pytest.mark.parametrize('options', [dict(), dict(pos_emb='rope', qk_norm=True, n_kv_head=2), dict(n_kv_head=1, norm='rmsnorm')],
+                         ids=['gpt2', 'rope-qknorm-gqa', 'mqa'])
+def test_attention_written_out_equals_the_fused_kernel(options):
+    """fused_attention=False runs q k^T / sqrt(d), mask, softmax, @ v as plain tensor code: same
+    numbers as F.scaled_dot_product_attention, for the causal mask, through the KV cache, and
+    for the encoder-decoder's padding mask and cross-attention."""
+    fused, written = tiny_gpt(**options), tiny_gpt(fused_attention=False, **options)
+    written.load_state_dict(fused.state_dict())
+    seq = random_tokens(2, BLOCK)
     with torch.no_grad():
-        full, _ = model(seq, targets=seq)
-        cache = KVCache(max_len=8)
-        for t in range(8):
-            with one_token_kernels(seq[:, t:t + 1]):
-                step, _ = model(seq[:, t:t + 1], cache=cache)
-            torch.testing.assert_close(step[:, -1], full[:, t], atol=3e-2, rtol=3e-2)
+        torch.testing.assert_close(written(seq, seq)[0], fused(seq, seq)[0], atol=1e-5, rtol=1e-5)
+        cache = KVCache(max_len=BLOCK)
+        written(seq[:, :5], cache=cache)
+        torch.testing.assert_close(written(seq[:, 5:9], cache=cache)[0], fused(seq[:, :9])[0], atol=1e-5, rtol=1e-5)
+    settings = dict(vocab_size=VOCAB, n_layer=2, n_head=4, n_embd=32, src_block_size=BLOCK, tgt_block_size=BLOCK, **options)
+    torch.manual_seed(0)
+    fused = Seq2SeqTransformer(Seq2SeqConfig(**settings)).eval()
+    written = Seq2SeqTransformer(Seq2SeqConfig(fused_attention=False, **settings)).eval()
+    written.load_state_dict(fused.state_dict())
+    src = random_tokens(2, 7)
+    src[0, 4:] = 0  # padding
+    tgt = random_tokens(2, 6, seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(written(src, tgt)[0], fused(src, tgt)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_attention_written_out_trains_like_the_fused_kernel_with_dropout_off():
+    fused, written = tiny_gpt(), tiny_gpt(fused_attention=False)
+    seq = random_tokens(4, BLOCK + 1)
+    for model in (fused, written):
+        _, loss = model(seq[:, :-1], seq[:, 1:])
+        loss.backward()
+    for (name, p), q in zip(fused.named_parameters(), written.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)

@@ -11,6 +11,7 @@ import pytest
 import sacrebleu
 import torch
 
+import generate
 import train
 from checkpoint import load_checkpoint, model_from_checkpoint
 from conftest import SHARED
@@ -174,8 +175,8 @@ def model_and_sources(request):
 
 def test_beam_search_of_size_one_is_greedy(model_and_sources):
     model, src = model_and_sources
-    assert model.beam_search(src, MAX_NEW_TOKENS, beam_size=1, length_penalty=0.6) == \
-        model.greedy_decode(src, MAX_NEW_TOKENS)
+    assert generate.beam_search(model, src, MAX_NEW_TOKENS, beam_size=1, length_penalty=0.6) == \
+        generate.greedy_decode(model, src, MAX_NEW_TOKENS)
 
 
 @pytest.mark.parametrize('beam_size', [1, 3])
@@ -291,5 +292,43 @@ def test_training_evaluates_bleu_and_resumes_exactly(multi30k_dir, tmp_path):
     model = model_from_checkpoint(straight).eval()
     sources = (multi30k_dir / 'val.de.txt').read_text(encoding='utf-8').splitlines()[:4]
     references = (multi30k_dir / 'val.en.txt').read_text(encoding='utf-8').splitlines()[:4]
-    hypotheses = model.translate(sources, tokenizer_from_meta(load_meta(multi30k_dir)))
+    hypotheses = generate.translate(model, sources, tokenizer_from_meta(load_meta(multi30k_dir)))
     assert evals[-1]['bleu'] == pytest.approx(sacrebleu.corpus_bleu(hypotheses, [references]).score)
+
+
+# ---------------------------------------------------------------------------
+# Edge cases found by reading
+
+
+def test_an_empty_source_sentence_gives_finite_logits_loss_and_translation():
+    """A source of padding only would mask every key of its attention rows (softmax of nothing = NaN)."""
+    model = tiny_model()
+    src = torch.tensor([[5, 6, 7], [PAD, PAD, PAD]])
+    tgt_in, targets = random_tokens(2, 4, seed=2), random_tokens(2, 4, seed=3)
+    model.train()
+    logits, loss = model(src, tgt_in, targets)
+    assert torch.isfinite(logits).all() and torch.isfinite(loss)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    model.eval()
+    for beam_size in (1, 2):
+        out = model.generate(src, MAX_NEW_TOKENS, beam_size=beam_size)
+        assert len(out) == 2
+    # the real sentence is translated as if alone
+    assert model.generate(src, MAX_NEW_TOKENS)[0] == model.generate(src[:1], MAX_NEW_TOKENS)[0]
+
+
+def test_a_cache_reused_on_another_source_batch_reads_that_batch():
+    """The cross-attention cache is tied to the encoder output it was made from."""
+    model = tiny_model()
+    first, second = random_tokens(1, 5), random_tokens(1, 5, seed=7)
+    tgt_in = torch.tensor([[BOS]])
+    with torch.no_grad():
+        cache = generate.KVCache(16)
+        memory, mask = model.encode(first)
+        model.decode(tgt_in, memory, mask, cache)
+        cache.pos = 0  # the same cache, now for another sentence
+        memory, mask = model.encode(second)
+        reused = model.decode(tgt_in, memory, mask, cache)
+        fresh = model.decode(tgt_in, memory, mask)
+    torch.testing.assert_close(reused, fresh)

@@ -1,0 +1,212 @@
+"""
+Generation: everything that turns a trained model into new tokens, for GPT and the
+encoder-decoder alike.
+
+- KVCache: keys and values of the tokens already read, so each new token costs one position.
+- sample_next_token: temperature, top-k, top-p; temperature 0 is greedy.
+- sample / stream: a GPT continues a prompt, token by token.
+- greedy_decode, beam_search: an encoder-decoder writes a translation.
+- translate: sentences in, sentences out, batched by length.
+
+The models call into this module (GPT.generate, Seq2SeqTransformer.generate); it never imports
+them, it only calls their forward (GPT) or encode/decode (encoder-decoder).
+"""
+
+import torch
+from torch.nn import functional as F
+
+from device import one_token_kernels
+
+# ---------------------------------------------------------------------------
+# KV cache
+
+
+class KVCache:
+    """Keys and values already computed during generation, so that each new token is
+    one query against the stored keys instead of a re-run of the whole context.
+
+    Self-attention layers write each new position into buffers of max_len positions made on
+    first use (no re-allocation as the text grows). Cross-attention layers store the
+    projection of the encoder output once per source batch (it never changes while decoding it)."""
+
+    def __init__(self, max_len):
+        self.max_len = max_len
+        self.pos = 0  # positions processed so far; the model advances it after each forward
+        self.self_kv = {}  # layer -> (k, v) buffers, (B, kv_heads, max_len, head_dim)
+        self.cross_kv = {}  # layer -> (memory, (k, v) of that memory)
+
+    def append(self, layer, k, v):
+        """Store k, v (B, kv_heads, T, head_dim) at positions pos..pos+T-1; return the keys and values so far."""
+        if layer not in self.self_kv:
+            B, H, _, D = k.shape
+            self.self_kv[layer] = (k.new_empty(B, H, self.max_len, D), v.new_empty(B, H, self.max_len, D))
+        keys, values = self.self_kv[layer]
+        end = self.pos + k.size(2)
+        keys[:, :, self.pos:end], values[:, :, self.pos:end] = k, v
+        return keys[:, :, :end], values[:, :, :end]
+
+    def cross(self, layer, memory):
+        """Cross-attention keys and values of `memory` for `layer`, projected once. Kept with the
+        memory they came from: a cache reused on another source batch projects that one anew."""
+        saved = self.cross_kv.get(layer)
+        if saved is None or saved[0] is not memory:
+            saved = self.cross_kv[layer] = (memory, layer.project_memory(memory))
+        return saved[1]
+
+    def reorder(self, index):
+        """Beam search: keep the histories of the beams that survived (rows `index`).
+        Cross-attention entries are the same for every beam of a sentence and stay put."""
+        for k, v in self.self_kv.values():  # only the filled positions: the rest of the buffers are unused
+            k[:, :, :self.pos] = k[index, :, :self.pos]
+            v[:, :, :self.pos] = v[index, :, :self.pos]
+
+
+def next_token_logits(forward, tokens, cache):
+    """Logits (B, V) of the token after `tokens` (B, T); forward(tokens, cache) -> logits (B, T', V).
+    With a cache only the tokens it has not seen yet are fed in: after the prompt, one per step."""
+    if cache is None:
+        return forward(tokens, None)[:, -1]
+    new = tokens[:, cache.pos:]
+    with one_token_kernels(new):
+        return forward(new, cache)[:, -1]
+
+
+# ---------------------------------------------------------------------------
+# Sampling
+
+
+def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None):
+    """Pick one token per row from logits (B, V). temperature 0 is greedy (argmax);
+    top_k keeps the k likeliest; top_p keeps the smallest set holding probability top_p."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float('-inf'))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = F.softmax(sorted_logits, dim=-1)
+        outside = probs.cumsum(dim=-1) - probs > top_p  # mass before this token already exceeds top_p
+        sorted_logits = sorted_logits.masked_fill(outside, float('-inf'))
+        logits = torch.full_like(logits, float('-inf')).scatter(-1, order, sorted_logits)
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+
+
+@torch.inference_mode()
+def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
+    """Yield (B, 1) new tokens of a GPT one at a time. With the KV cache each step feeds only the
+    newest token. Past block_size the context is cropped to the last block_size tokens;
+    every position then shifts, the cached keys are stale, and each step re-runs the window."""
+    block_size = model.config.block_size
+    cache = KVCache(block_size) if use_cache else None
+    forward = lambda tokens, kv: model(tokens, cache=kv)[0]  # noqa: E731 (last-position logits)
+    for _ in range(max_new_tokens):
+        fits = idx.size(1) <= block_size
+        logits = next_token_logits(forward, idx if fits else idx[:, -block_size:], cache if fits else None)
+        next_token = sample_next_token(logits, temperature, top_k, top_p)
+        idx = torch.cat((idx, next_token), dim=1)
+        yield next_token
+
+
+@torch.inference_mode()
+def sample(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
+    """Continue each row of idx (B, T) by max_new_tokens tokens; returns (B, T + max_new_tokens)."""
+    new = list(stream(model, idx, max_new_tokens, temperature, top_k, top_p, use_cache))
+    return torch.cat([idx, *new], dim=1)
+
+
+# ---------------------------------------------------------------------------
+# Encoder-decoder: greedy and beam search
+
+
+def cut_at_eos(tokens, eos_id):
+    """Rows of generated ids (B, 1 + T), starting with <bos> -> lists without <bos>, cut before <eos>."""
+    out = []
+    for row in tokens[:, 1:].tolist():
+        out.append(row[:row.index(eos_id)] if eos_id in row else row)
+    return out
+
+
+def decoder_step(model, memory, mask):
+    """decode() as next_token_logits wants it: the decoder reading `memory` at every step."""
+    return lambda tokens, cache: model.decode(tokens, memory, mask, cache)
+
+
+@torch.inference_mode()
+def greedy_decode(model, src, max_new_tokens, use_cache=True):
+    """Take the likeliest token at every step until each sentence has produced <eos>."""
+    config = model.config
+    memory, mask = model.encode(src)  # once per sentence
+    step = decoder_step(model, memory, mask)
+    cache = KVCache(config.tgt_block_size) if use_cache else None
+    tokens = torch.full((src.size(0), 1), config.bos_id, dtype=torch.long, device=src.device)
+    done = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)
+    for _ in range(max_new_tokens):
+        next_token = next_token_logits(step, tokens, cache).argmax(dim=-1)
+        next_token = next_token.masked_fill(done, config.pad_id)
+        tokens = torch.cat((tokens, next_token[:, None]), dim=1)
+        done |= next_token == config.eos_id
+        if done.all():
+            break
+    return cut_at_eos(tokens, config.eos_id)
+
+
+@torch.inference_mode()
+def beam_search(model, src, max_new_tokens, beam_size, length_penalty, use_cache=True):
+    """Keep the beam_size likeliest partial translations of each sentence; at each step
+    extend every one by every token and keep the best beam_size of the results. Finished
+    beams stay, extended only by <pad> at no cost. The winner maximises
+    log p / ((5 + length) / 6) ** length_penalty (Wu et al. 2016), so long outputs are not unfairly penalised."""
+    config = model.config
+    B, K, V = src.size(0), beam_size, config.vocab_size
+    memory, mask = model.encode(src)  # once per sentence, then shared by its K beams
+    step = decoder_step(model, memory.repeat_interleave(K, dim=0), mask.repeat_interleave(K, dim=0))
+    cache = KVCache(config.tgt_block_size) if use_cache else None
+    tokens = torch.full((B * K, 1), config.bos_id, dtype=torch.long, device=src.device)
+    scores = torch.zeros(B, K, device=src.device)
+    scores[:, 1:] = float('-inf')  # all beams start identical: expand only the first
+    lengths = torch.zeros(B * K, device=src.device)
+    done = torch.zeros(B * K, dtype=torch.bool, device=src.device)
+    for _ in range(max_new_tokens):
+        logprobs = F.log_softmax(next_token_logits(step, tokens, cache).float(), dim=-1)
+        logprobs[done] = float('-inf')
+        logprobs[done, config.pad_id] = 0.0
+        candidates = (scores.view(B * K, 1) + logprobs).view(B, K * V)
+        scores, flat = candidates.topk(K, dim=-1)
+        beam = (flat // V + torch.arange(B, device=src.device)[:, None] * K).view(-1)
+        next_token = (flat % V).view(-1)
+        tokens = torch.cat((tokens[beam], next_token[:, None]), dim=1)
+        lengths = lengths[beam] + (~done[beam]).float()
+        done = done[beam] | (next_token == config.eos_id)
+        if cache is not None:
+            cache.reorder(beam)
+        if done.all():
+            break
+    normalised = scores / (((5.0 + lengths) / 6.0) ** length_penalty).view(B, K)
+    best = normalised.argmax(dim=-1) + torch.arange(B, device=src.device) * K
+    return cut_at_eos(tokens[best], config.eos_id)
+
+
+@torch.inference_mode()
+def translate(model, sentences, tokenizer, device='cpu', beam_size=1, length_penalty=0.6, batch_size=64):
+    """Source sentences (str) -> translations (str), one per sentence. Sentences of similar
+    length share a batch, so little of it is padding."""
+    config = model.config
+    ids = [tokenizer.encode(s) for s in sentences]
+    too_long = [i for i, x in enumerate(ids) if len(x) > config.src_block_size]
+    if too_long:
+        raise ValueError(f"sentence {too_long[0] + 1} has {len(ids[too_long[0]])} tokens, more than the model's "
+                         f"src_block_size of {config.src_block_size}: split it")
+    out = [''] * len(ids)  # an empty line translates to an empty line
+    order = sorted((i for i in range(len(ids)) if ids[i]), key=lambda i: len(ids[i]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        src = torch.full((len(chunk), max(len(ids[i]) for i in chunk)), config.pad_id, dtype=torch.long)
+        for row, i in enumerate(chunk):
+            src[row, :len(ids[i])] = torch.tensor(ids[i])
+        for i, hypothesis in zip(chunk, model.generate(src.to(device), beam_size=beam_size, length_penalty=length_penalty)):
+            out[i] = tokenizer.decode(hypothesis)
+    return out

@@ -1,0 +1,113 @@
+"""device.py: the hardware choices and the speed-ups, each checked against the plain code."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import device
+from generate import KVCache
+from model import GPT, GPTConfig, Seq2SeqConfig, Seq2SeqTransformer
+
+VOCAB = 32
+
+
+def tiny_gpt(**options):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=VOCAB, block_size=16, n_layer=2, n_head=4, n_embd=32, **options))
+
+
+def random_tokens(rows, length, seed=1):
+    return torch.randint(0, VOCAB, (rows, length), generator=torch.Generator().manual_seed(seed))
+
+
+def loss_and_grads(model, x, y, dtype='float32'):
+    model.zero_grad(set_to_none=True)
+    with device.autocast('cpu', dtype):
+        _, loss = model(x, y)
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+# ---------------------------------------------------------------------------
+# Speed-ups give the plain code's numbers
+
+
+def test_relu_squared_has_the_gradient_of_its_definition():
+    x = torch.randn(4, 7, dtype=torch.float64)
+    x = (x + 0.1 * x.sign()).requires_grad_()  # keep away from the kink at 0
+    torch.testing.assert_close(device.ReLUSquared.apply(x), torch.relu(x) ** 2)
+    assert torch.autograd.gradcheck(device.ReLUSquared.apply, (x,))
+    assert (device.ReLUSquared.apply(x) == 0).any() and (device.ReLUSquared.apply(x) > 0).any()
+
+
+@pytest.mark.parametrize('mlp', ['relu2', 'gelu', 'swiglu'])
+def test_speed_ups_leave_a_float32_model_bit_identical(mlp):
+    plain = tiny_gpt(mlp=mlp, pos_emb='rope', qk_norm=True)
+    fast = device.speed_up(copy.deepcopy(plain), 'cpu', 'float32')
+    if mlp == 'relu2':
+        assert all(block.mlp.activation == device.ReLUSquared.apply for block in fast.transformer.h)
+    x = random_tokens(3, 16)
+    y = random_tokens(3, 16, seed=2)
+    loss, grads = loss_and_grads(plain, x, y)
+    fast_loss, fast_grads = loss_and_grads(fast, x, y)
+    assert torch.equal(loss, fast_loss)
+    assert all(torch.equal(grads[name], fast_grads[name]) for name in grads)
+
+
+def test_float32_attention_under_cpu_autocast_is_the_plain_attention_of_float32_heads():
+    model = device.speed_up(tiny_gpt(qk_norm=False), 'cpu', 'bfloat16')
+    attention = model.transformer.h[0].attn
+    assert isinstance(attention.attend, device.Float32Attention)
+    q, k, v = (torch.randn(2, 4, 8, 8).to(torch.bfloat16) for _ in range(3))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        fast = attention.attend(q, k, v, is_causal=True)
+    plain = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    assert fast.dtype == torch.float32 and torch.equal(fast, plain)
+    # no autocast (sampling with bf16 weights): the plain attention in the weights' dtype
+    assert torch.equal(attention.attend(q, k, v, is_causal=True), F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+def test_speed_ups_are_applied_once_and_survive_a_deepcopy():
+    model = device.speed_up(tiny_gpt(), 'cpu', 'bfloat16')
+    device.speed_up(model, 'cpu', 'bfloat16')
+    attend = model.transformer.h[0].attn.attend
+    assert isinstance(attend, device.Float32Attention) and not isinstance(attend.attend, device.Float32Attention)
+    copied = copy.deepcopy(model)
+    x = random_tokens(2, 8)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        assert torch.equal(copied(x)[0], model(x)[0])
+
+
+def test_seq2seq_speed_ups_reach_encoder_decoder_and_cross_attention():
+    model = Seq2SeqTransformer(Seq2SeqConfig(vocab_size=VOCAB, n_layer=1, n_head=2, n_embd=16, mlp='relu2'))
+    device.speed_up(model, 'cpu', 'bfloat16')
+    attentions = [model.encoder[0].attn, model.decoder[0].attn, model.decoder[0].cross_attn]
+    assert all(isinstance(a.attend, device.Float32Attention) for a in attentions)
+    assert model.decoder[0].mlp.activation == device.ReLUSquared.apply
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this build")
+def test_one_token_kernels_switch_onednn_off_for_one_token_only_and_restore_it():
+    assert torch.backends.mkldnn.enabled
+    with device.one_token_kernels(torch.zeros(1, 1, dtype=torch.long)):
+        assert not torch.backends.mkldnn.enabled
+    with device.one_token_kernels(torch.zeros(2, 1, dtype=torch.long)):
+        assert torch.backends.mkldnn.enabled  # a batch of rows: oneDNN's matmul is faster
+    with pytest.raises(RuntimeError):
+        with device.one_token_kernels(torch.zeros(1, 1, dtype=torch.long)):
+            raise RuntimeError
+    assert torch.backends.mkldnn.enabled
+
+
+def test_bf16_one_token_steps_through_the_cache_match_the_full_forward():
+    """What sample.py runs on a bf16 CPU: one token at a time, the matrix-vector kernels, the preallocated cache."""
+    model = tiny_gpt().eval().to(torch.bfloat16)
+    seq = random_tokens(1, 8)
+    with torch.no_grad():
+        full, _ = model(seq, targets=seq)
+        cache = KVCache(max_len=8)
+        for t in range(8):
+            with device.one_token_kernels(seq[:, t:t + 1]):
+                step, _ = model(seq[:, t:t + 1], cache=cache)
+            torch.testing.assert_close(step[:, -1], full[:, t], atol=3e-2, rtol=3e-2)
