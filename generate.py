@@ -4,13 +4,17 @@ encoder-decoder alike.
 
 - KVCache: keys and values of the tokens already read, so each new token costs one position.
 - sample_next_token: temperature, top-k, top-p; temperature 0 is greedy.
-- sample / stream: a GPT continues a prompt, token by token.
+- sample / stream: a GPT continues a prompt, token by token (nanoGPT's generate).
+- sample_rows: many continuations of one prompt in one batch, each stopping on its own.
+- find_stop: where a stop string ends a text.
 - greedy_decode, beam_search: an encoder-decoder writes a translation.
 - translate: sentences in, sentences out, batched by length.
 
 The models call into this module (GPT.generate, Seq2SeqTransformer.generate); it never imports
 them, it only calls their forward (GPT) or encode/decode (encoder-decoder).
 """
+
+import sys
 
 import torch
 from torch.nn import functional as F
@@ -53,12 +57,12 @@ class KVCache:
             saved = self.cross_kv[layer] = (memory, layer.project_memory(memory))
         return saved[1]
 
-    def reorder(self, index):
-        """Beam search: keep the histories of the beams that survived (rows `index`).
+    def select(self, rows):
+        """Keep the self-attention histories of rows `rows` (a 1-D index; repeats allowed): beam
+        search's surviving beams, the samples still running, or copies of a prompt read once.
         Cross-attention entries are the same for every beam of a sentence and stay put."""
-        for k, v in self.self_kv.values():  # only the filled positions: the rest of the buffers are unused
-            k[:, :, :self.pos] = k[index, :, :self.pos]
-            v[:, :, :self.pos] = v[index, :, :self.pos]
+        for layer, (k, v) in self.self_kv.items():
+            self.self_kv[layer] = (k[rows], v[rows])
 
 
 def next_token_logits(forward, tokens, cache):
@@ -75,9 +79,10 @@ def next_token_logits(forward, tokens, cache):
 # Sampling
 
 
-def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None):
+def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generators=None):
     """Pick one token per row from logits (B, V). temperature 0 is greedy (argmax);
-    top_k keeps the k likeliest; top_p keeps the smallest set holding probability top_p."""
+    top_k keeps the k likeliest; top_p keeps the smallest set holding probability top_p.
+    generators: one torch.Generator per row, so that a row's draws do not depend on the others."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if temperature == 0:
@@ -92,7 +97,10 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None):
         outside = probs.cumsum(dim=-1) - probs > top_p  # mass before this token already exceeds top_p
         sorted_logits = sorted_logits.masked_fill(outside, float('-inf'))
         logits = torch.full_like(logits, float('-inf')).scatter(-1, order, sorted_logits)
-    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+    probs = F.softmax(logits, dim=-1)
+    if generators is None:
+        return torch.multinomial(probs, num_samples=1)
+    return torch.cat([torch.multinomial(p[None], 1, generator=g) for p, g in zip(probs, generators)])
 
 
 @torch.inference_mode()
@@ -118,6 +126,49 @@ def sample(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, 
     return torch.cat([idx, *new], dim=1)
 
 
+@torch.inference_mode()
+def sample_rows(model, prompt, n_rows, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                generators=None, is_finished=None, use_cache=True):
+    """n_rows continuations of one prompt (1, T), generated as one batch. The prompt is read once
+    and its cache copied to every row. A row ends when is_finished(row, its new ids) says so, or
+    after max_new_tokens; it then leaves the batch and costs nothing more.
+    Yields (row, token id) for each new token, the rows of a step in order."""
+    block_size = model.config.block_size
+    cache = KVCache(block_size) if use_cache else None
+    forward = lambda tokens, kv: model(tokens, cache=kv)[0]  # noqa: E731 (last-position logits)
+    running, new_ids = list(range(n_rows)), [[] for _ in range(n_rows)]
+    idx = prompt
+    for step in range(max_new_tokens):
+        fits = idx.size(1) <= block_size
+        logits = next_token_logits(forward, idx if fits else idx[:, -block_size:], cache if fits else None)
+        if step == 0:  # the prompt's logits and cache, shared by every row
+            idx, logits = idx.expand(n_rows, -1), logits.expand(n_rows, -1)
+            if cache is not None:
+                cache.select(torch.zeros(n_rows, dtype=torch.long, device=idx.device))
+        row_generators = [generators[row] for row in running] if generators is not None else None
+        tokens = sample_next_token(logits, temperature, top_k, top_p, row_generators)
+        idx = torch.cat((idx, tokens), dim=1)
+        still = []
+        for i, (row, token) in enumerate(zip(running, tokens[:, 0].tolist())):
+            new_ids[row].append(token)
+            yield row, token
+            if is_finished is None or not is_finished(row, new_ids[row]):
+                still.append(i)
+        if len(still) < len(running):  # finished rows leave the batch
+            if not still:
+                return
+            keep = torch.tensor(still, device=idx.device)
+            idx, running = idx[keep], [running[i] for i in still]
+            if cache is not None:
+                cache.select(keep)
+
+
+def find_stop(text, stops):
+    """Index in `text` where the first stop string begins, or -1 if none occurs."""
+    found = [i for i in (text.find(stop) for stop in stops if stop) if i >= 0]
+    return min(found) if found else -1
+
+
 # ---------------------------------------------------------------------------
 # Encoder-decoder: greedy and beam search
 
@@ -141,7 +192,7 @@ def greedy_decode(model, src, max_new_tokens, use_cache=True):
     config = model.config
     memory, mask = model.encode(src)  # once per sentence
     step = decoder_step(model, memory, mask)
-    cache = KVCache(config.tgt_block_size) if use_cache else None
+    cache = KVCache(max_new_tokens + 1) if use_cache else None
     tokens = torch.full((src.size(0), 1), config.bos_id, dtype=torch.long, device=src.device)
     done = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)
     for _ in range(max_new_tokens):
@@ -164,7 +215,7 @@ def beam_search(model, src, max_new_tokens, beam_size, length_penalty, use_cache
     B, K, V = src.size(0), beam_size, config.vocab_size
     memory, mask = model.encode(src)  # once per sentence, then shared by its K beams
     step = decoder_step(model, memory.repeat_interleave(K, dim=0), mask.repeat_interleave(K, dim=0))
-    cache = KVCache(config.tgt_block_size) if use_cache else None
+    cache = KVCache(max_new_tokens + 1) if use_cache else None
     tokens = torch.full((B * K, 1), config.bos_id, dtype=torch.long, device=src.device)
     scores = torch.zeros(B, K, device=src.device)
     scores[:, 1:] = float('-inf')  # all beams start identical: expand only the first
@@ -182,7 +233,7 @@ def beam_search(model, src, max_new_tokens, beam_size, length_penalty, use_cache
         lengths = lengths[beam] + (~done[beam]).float()
         done = done[beam] | (next_token == config.eos_id)
         if cache is not None:
-            cache.reorder(beam)
+            cache.select(beam)
         if done.all():
             break
     normalised = scores / (((5.0 + lengths) / 6.0) ** length_penalty).view(B, K)
@@ -193,17 +244,23 @@ def beam_search(model, src, max_new_tokens, beam_size, length_penalty, use_cache
 @torch.inference_mode()
 def translate(model, sentences, tokenizer, device='cpu', beam_size=1, length_penalty=0.6, batch_size=64):
     """Source sentences (str) -> translations (str), one per sentence. Sentences of similar
-    length share a batch, so little of it is padding."""
+    length share a batch, so little of it is padding; one longer than the model was trained on
+    is cropped (learned positions, with a warning) or translated alone (computed positions)."""
     config = model.config
     ids = [tokenizer.encode(s) for s in sentences]
-    too_long = [i for i, x in enumerate(ids) if len(x) > config.src_block_size]
-    if too_long:
-        raise ValueError(f"sentence {too_long[0] + 1} has {len(ids[too_long[0]])} tokens, more than the model's "
-                         f"src_block_size of {config.src_block_size}: split it")
+    if config.pos_emb == 'learned':  # no position past the table: translate what fits, and say so
+        too_long = [i + 1 for i, x in enumerate(ids) if len(x) > config.src_block_size]
+        if too_long:
+            print(f"warning: {len(too_long)} sentence(s) longer than the model's src_block_size of {config.src_block_size} "
+                  f"tokens translated from their first {config.src_block_size} tokens: line(s) "
+                  f"{', '.join(map(str, too_long))}", file=sys.stderr)
+            ids = [x[:config.src_block_size] for x in ids]
     out = [''] * len(ids)  # an empty line translates to an empty line
     order = sorted((i for i in range(len(ids)) if ids[i]), key=lambda i: len(ids[i]))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+    fits = [i for i in order if len(ids[i]) <= config.src_block_size]
+    batches = [fits[start:start + batch_size] for start in range(0, len(fits), batch_size)]
+    batches += [[i] for i in order if len(ids[i]) > config.src_block_size]  # longer than trained: each alone
+    for chunk in batches:
         src = torch.full((len(chunk), max(len(ids[i]) for i in chunk)), config.pad_id, dtype=torch.long)
         for row, i in enumerate(chunk):
             src[row, :len(ids[i])] = torch.tensor(ids[i])

@@ -6,6 +6,7 @@ Transformers in one file, built from one set of parts. Read it top to bottom:
 
 - GPT: decoder-only language model, GPT-2 compatible by default (loads its weights).
 - Seq2SeqTransformer: the encoder-decoder of "Attention Is All You Need", for translation.
+- Encoder: encoder-only (BERT-style): masked-language-model pretraining, then sentence classification.
 
 Generation (KV cache, sampling, greedy and beam search) lives in generate.py; device and dtype
 choice, peak FLOPs and hardware-specific speed-ups in device.py. This file is plain PyTorch.
@@ -108,6 +109,23 @@ class Seq2SeqConfig(TransformerConfig):
             raise ValueError("src_block_size and tgt_block_size must be positive")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+@dataclass
+class EncoderConfig(TransformerConfig):
+    vocab_size: int = 8192  # a lowercase subword vocabulary with [PAD] [UNK] [CLS] [SEP] [MASK]
+    block_size: int = 128  # longest sequence, [CLS] and [SEP]s included
+    n_classes: int = 0  # 0: a masked-language model (pretraining); >0: a classifier of [CLS] (fine-tuning)
+    pad_id: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.block_size <= 0:
+            raise ValueError(f"block_size must be positive, got {self.block_size}")
+        if self.n_classes < 0 or self.n_classes == 1:
+            raise ValueError(f"n_classes must be 0 (masked-language model) or at least 2, got {self.n_classes}")
+        if not 0 <= self.pad_id < self.vocab_size:
+            raise ValueError(f"pad_id {self.pad_id} is outside the vocabulary of {self.vocab_size}")
 
 
 def config_fields(config_class):
@@ -387,14 +405,19 @@ class Block(nn.Module):
 # What every model here shares: the stack, initialisation, optimizers, FLOPs
 
 
+def embedding_scale(config):
+    """The paper scales embeddings by sqrt(n_embd) so that the fixed sinusoids do not drown them."""
+    return math.sqrt(config.n_embd) if config.pos_emb == 'sinusoidal' else 1.0
+
+
 class TransformerModel(nn.Module):
 
-    def run_stack(self, tokens, embedding, positions, blocks, final_norm, cache=None, **block_args):
-        """The path every stack takes: token embedding, positions, dropout, the blocks, a final norm.
+    def run_stack(self, tokens, embedding, positions, blocks, final_norm, cache=None, input_norm=None, **block_args):
+        """The path every stack takes: token embedding, positions, [a norm,] dropout, the blocks, a final norm.
         With a cache the tokens continue at position cache.pos, which then moves past them."""
         start = 0 if cache is None else cache.pos
         x, rope = positions(embedding(tokens) * self.emb_scale, start)
-        x = self.drop(x)
+        x = self.drop(x if input_norm is None else input_norm(x))
         for block in blocks:
             x = block(x, rope=rope, cache=cache, **block_args)
         if cache is not None:
@@ -426,7 +449,7 @@ class TransformerModel(nn.Module):
         params = {name: p for name, p in self.named_parameters() if p.requires_grad}
         embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
         embeddings |= {id(p) for m in self.modules() if isinstance(m, PositionalEncoding) for p in m.parameters()}
-        embeddings.add(id(self.lm_head.weight))
+        embeddings |= {id(head.weight) for head in self.output_heads()}
         matrices = [p for p in params.values() if p.dim() >= 2 and id(p) not in embeddings]
         if optimizer == 'adamw':
             matrices += [p for p in params.values() if id(p) in embeddings]
@@ -445,6 +468,11 @@ class TransformerModel(nn.Module):
         return [torch.optim.Muon(matrices, lr=learning_rate, weight_decay=weight_decay, momentum=muon_momentum,
                                  adjust_lr_fn='match_rms_adamw'),
                 torch.optim.AdamW(adam_groups, lr=learning_rate, betas=betas, fused=fused)]
+
+    def output_heads(self):
+        """The layers that turn vectors into predictions: AdamW trains them even under Muon, like the
+        embeddings (Muon's orthogonalised updates suit hidden matrices only)."""
+        return [self.lm_head]
 
     def estimate_mfu(self, tokens_per_iter, dt, peak):
         """Model FLOPs utilisation: achieved FLOP/s over the device's peak (PaLM paper, appendix B)."""
@@ -563,8 +591,7 @@ class Seq2SeqTransformer(TransformerModel):
         self.tgt_emb = self.src_emb if config.share_embeddings else nn.Embedding(config.vocab_size, config.n_embd)
         self.src_pos = PositionalEncoding(config, config.src_block_size)
         self.tgt_pos = PositionalEncoding(config, config.tgt_block_size)
-        # the paper scales embeddings by sqrt(n_embd) so the fixed sinusoids do not drown them
-        self.emb_scale = math.sqrt(config.n_embd) if config.pos_emb == 'sinusoidal' else 1.0
+        self.emb_scale = embedding_scale(config)
         self.drop = nn.Dropout(config.dropout)
         self.encoder = nn.ModuleList([Block(config, causal=False) for _ in range(config.n_layer)])
         self.encoder_norm = make_norm(config)
@@ -592,7 +619,7 @@ class Seq2SeqTransformer(TransformerModel):
     def decode(self, tgt_in, memory, memory_mask, cache=None):
         """tgt_in: (B, T) target ids so far -> logits (B, T, vocab) for the next token at each position."""
         length = tgt_in.size(1) + (0 if cache is None else cache.pos)
-        if length > self.config.tgt_block_size:
+        if self.config.pos_emb == 'learned' and length > self.config.tgt_block_size:
             raise ValueError(f"target of {length} tokens is longer than tgt_block_size {self.config.tgt_block_size}")
         x = self.run_stack(tgt_in, self.tgt_emb, self.tgt_pos, self.decoder, self.decoder_norm, cache=cache,
                            memory=memory, memory_mask=memory_mask)
@@ -612,7 +639,10 @@ class Seq2SeqTransformer(TransformerModel):
     @torch.inference_mode()
     def generate(self, src, max_new_tokens=None, beam_size=1, length_penalty=0.6, use_cache=True):
         """Translate each row of src (B, S) (greedy, or beam search). Returns a list of B token-id lists."""
-        max_new_tokens = min(max_new_tokens or self.config.tgt_block_size, self.config.tgt_block_size - 1)  # <bos> takes a position
+        limit = self.config.tgt_block_size
+        if self.config.pos_emb != 'learned' and src.size(1) > self.config.src_block_size:
+            limit = 2 * src.size(1)  # computed positions go on: a source longer than trained may need a longer target
+        max_new_tokens = min(max_new_tokens or limit, limit - 1)  # <bos> takes a position
         if beam_size == 1:
             return generate.greedy_decode(self, src, max_new_tokens, use_cache)
         return generate.beam_search(self, src, max_new_tokens, beam_size, length_penalty, use_cache)

@@ -8,9 +8,11 @@ Sample from a trained model, from GPT-2's weights, or translate with an encoder-
     python sample.py --out_dir=out-multi30k --start=FILE:data/multi30k/test.de.txt --reference=data/multi30k/test.en.txt
 """
 
+import codecs
 import os
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -26,7 +28,8 @@ init_from = 'resume'  # 'resume' (from out_dir) or a GPT-2 variant: 'gpt2', 'gpt
 out_dir = 'out'
 start = "\n"  # the prompt (a source sentence for seq2seq), or FILE:path to read it from a file
 num_samples = 10
-max_new_tokens = 500
+max_new_tokens = 500  # at most; a sample ends sooner at a stop
+stop = None  # None: at the end-of-text token (GPT-2 BPE: <|endoftext|>); a string ("\n\n") or list of strings: there too; '' or 'none': never
 temperature = 0.8  # 1.0 = the model's distribution, lower = more conservative, 0 = greedy
 top_k = 200  # keep only the top_k likeliest tokens; 0 = all
 top_p = 1.0  # nucleus sampling: keep the likeliest tokens holding this much probability; 1.0 = all
@@ -34,13 +37,14 @@ seed = 1337
 device = 'auto'
 dtype = 'auto'  # 'float32' | 'bfloat16' | 'float16' | 'auto' (bf16 where the GPU or CPU computes in it)
 compile = False
+batch_size = 64  # rows generated at once: samples of a GPT, sentences to translate
 # seq2seq (translation)
 beam_size = 4
 length_penalty = 0.6
-batch_size = 64  # sentences translated at once when start is a file
 reference = ''  # a file of reference translations: print the BLEU score of the output against it
 # -----------------------------------------------------------------------------
 DEFAULTS = settings_of(globals())
+SEPARATOR = '---------------'
 
 
 def read_prompt(text):
@@ -53,96 +57,170 @@ def read_prompt(text):
         return f.read()
 
 
-def load_model():
+def load_model(cfg):
     """(model, tokenizer, checkpoint or None)."""
-    if init_from.startswith('gpt2'):
-        return GPT.from_pretrained(init_from, dict(dropout=0.0)), TiktokenTokenizer('gpt2'), None
-    if init_from != 'resume':
-        raise UserError(f"init_from must be 'resume' or a GPT-2 variant (gpt2, gpt2-medium, gpt2-large, gpt2-xl), got {init_from!r}")
-    checkpoint = load_checkpoint(out_dir)
+    if cfg.init_from.startswith('gpt2'):
+        return GPT.from_pretrained(cfg.init_from, dict(dropout=0.0)), TiktokenTokenizer('gpt2'), None
+    if cfg.init_from != 'resume':
+        raise UserError(f"init_from must be 'resume' or a GPT-2 variant (gpt2, gpt2-medium, gpt2-large, gpt2-xl), "
+                        f"got {cfg.init_from!r}")
+    checkpoint = load_checkpoint(cfg.out_dir)
     return model_from_checkpoint(checkpoint), tokenizer_from_state(tokenizer_state(checkpoint)), checkpoint
 
 
-def stream_text(model, tokenizer, idx):
-    """Print one sample as it is generated. Decoding the whole sample each time keeps multi-byte
-    characters split across BPE tokens intact: text is printed once it is complete."""
-    ids, shown = [], ''
-    for token in generate.stream(model, idx, max_new_tokens, temperature, top_k or None, top_p):
-        ids.append(token.item())
-        text = tokenizer.decode(ids)
-        if not text.endswith('\ufffd'):
+# ---------------------------------------------------------------------------
+# GPT: samples that stop where the text ends
+
+
+def stop_rules(stop, tokenizer):
+    """(end-of-text token id or None, stop strings) for the `stop` setting. None: the tokenizer's
+    end-of-text token only; a string or a list of strings: those too ("\\n" and the like are escapes);
+    '' or 'none': never stop early, as nanoGPT."""
+    if stop in ('', 'none'):
+        return None, []
+    strings = [] if stop is None else [stop] if isinstance(stop, str) else stop
+    if not isinstance(strings, (list, tuple)) or not all(isinstance(s, str) and s for s in strings):
+        raise UserError(f"stop must be a string or a list of non-empty strings, got {stop!r}")
+    unescaped = [codecs.escape_decode(s.encode('utf-8'))[0].decode('utf-8') for s in strings]
+    return getattr(tokenizer, 'eot_token', None), unescaped
+
+
+class Sample:
+    """One sample's new token ids, and its text up to where it stops."""
+
+    def __init__(self, tokenizer, end_token, stops):
+        self.tokenizer, self.end_token, self.stops = tokenizer, end_token, stops
+        self.ids, self.finished = [], False
+
+    def add(self, token):
+        """Take the next token; an end-of-text token or a completed stop string finishes the sample."""
+        if token == self.end_token:
+            self.finished = True
+            return
+        self.ids.append(token)
+        self.finished = bool(self.stops) and generate.find_stop(self.tokenizer.decode(self.ids), self.stops) >= 0
+
+    def text(self):
+        """The text so far, cut before a stop string."""
+        text = self.tokenizer.decode(self.ids)
+        stop = generate.find_stop(text, self.stops)
+        return text if stop < 0 else text[:stop]
+
+    def printable(self):
+        """The part of the text that later tokens cannot change: without a character still missing
+        bytes (a multi-byte character split across BPE tokens), nor a tail that may begin a stop string."""
+        text = self.text()
+        if self.finished:
+            return text
+        text = text.rstrip('\ufffd')
+        held = max((n for stop in self.stops for n in range(1, len(stop)) if text.endswith(stop[:n])), default=0)
+        return text[:len(text) - held]
+
+
+def print_samples(cfg, model, tokenizer, idx, first, count, end_token, stops, run_device):
+    """Samples first..first+count-1 of one prompt, generated as one batch. The batch's first sample
+    is printed as it grows; the others, whole, when the batch is done."""
+    samples = [Sample(tokenizer, end_token, stops) for _ in range(count)]
+    generators = None
+    if cfg.temperature > 0:  # sample i draws from its own seeded generator: the same text whatever the batch
+        generators = [torch.Generator(run_device).manual_seed(cfg.seed + first + i) for i in range(count)]
+    shown = ''
+    rows = generate.sample_rows(model, idx, count, cfg.max_new_tokens, cfg.temperature, cfg.top_k or None, cfg.top_p,
+                                generators, is_finished=lambda row, ids: samples[row].finished)
+    for row, token in rows:
+        samples[row].add(token)
+        if row == 0:
+            text = samples[0].printable()
             print(text[len(shown):], end='', flush=True)
             shown = text
-    print(tokenizer.decode(ids)[len(shown):])
+    print(samples[0].text()[len(shown):])
+    print(SEPARATOR)
+    for sample in samples[1:]:
+        print(sample.text())
+        print(SEPARATOR)
 
 
-def generate_text(model, tokenizer, prompt, run_device):
+def generate_text(cfg, model, tokenizer, prompt, run_device):
     ids = tokenizer.encode(prompt)
     if not ids:
         raise UserError("the prompt encodes to no tokens: give --start some text (the default is a newline)")
-    if len(ids) > model.config.block_size:
-        raise UserError(f"the prompt has {len(ids)} tokens, more than the model's block_size of "
-                        f"{model.config.block_size}: shorten it")
+    block_size = model.config.block_size
+    if len(ids) > block_size:
+        print(f"warning: the prompt has {len(ids)} tokens, more than the model's block_size of {block_size}: "
+              f"the model reads its last {block_size} tokens", file=sys.stderr)
+        ids = ids[-block_size:]
     idx = torch.tensor(ids, dtype=torch.long, device=run_device)[None, ...]
-    for _ in range(num_samples):
-        stream_text(model, tokenizer, idx)
-        print('---------------')
+    end_token, stops = stop_rules(cfg.stop, tokenizer)
+    for first in range(0, cfg.num_samples, cfg.batch_size):
+        count = min(cfg.batch_size, cfg.num_samples - first)
+        print_samples(cfg, model, tokenizer, idx, first, count, end_token, stops, run_device)
 
 
-def translate_text(model, tokenizer, source, run_device, checkpoint):
-    sentences = source.splitlines() if start.startswith('FILE:') else [source.strip()]
+# ---------------------------------------------------------------------------
+# Encoder-decoder: translations
+
+
+def translate_text(cfg, model, tokenizer, source, run_device, checkpoint):
+    sentences = source.splitlines() if cfg.start.startswith('FILE:') else [source.strip()]
     t0 = time.time()
     try:
-        translations = generate.translate(model, sentences, tokenizer, run_device, beam_size, length_penalty, batch_size)
+        translations = generate.translate(model, sentences, tokenizer, run_device, cfg.beam_size, cfg.length_penalty,
+                                          cfg.batch_size)
     except ValueError as e:
         raise UserError(str(e)) from None
     for line in translations:
         print(line)
-    if reference:
-        report_bleu(translations, model, checkpoint, time.time() - t0)
+    if cfg.reference:
+        report_bleu(cfg, translations, model, checkpoint, time.time() - t0)
 
 
-def report_bleu(translations, model, checkpoint, seconds):
+def report_bleu(cfg, translations, model, checkpoint, seconds):
     try:
         import sacrebleu
     except ImportError:
         raise UserError("BLEU needs sacrebleu: pip install sacrebleu") from None
-    if not os.path.isfile(reference):
-        raise UserError(f"reference file {reference} not found")
-    with open(reference, encoding='utf-8') as f:
+    if not os.path.isfile(cfg.reference):
+        raise UserError(f"reference file {cfg.reference} not found")
+    with open(cfg.reference, encoding='utf-8') as f:
         references = f.read().splitlines()
     if len(references) != len(translations):
-        raise UserError(f"{reference} has {len(references)} lines but {len(translations)} sentences were translated")
+        raise UserError(f"{cfg.reference} has {len(references)} lines but {len(translations)} sentences were translated")
     bleu = sacrebleu.corpus_bleu(translations, [references])
     trained = checkpoint.get('elapsed', 0.0) if checkpoint else 0.0
     print(f"{bleu} | {model.get_num_params() / 1e6:.1f}M parameters | trained {trained / 60:.1f} min, "
           f"{checkpoint['iter_num'] if checkpoint else 0} iterations | translated in {seconds:.1f} s "
-          f"(beam {beam_size})", file=sys.stderr)
+          f"(beam {cfg.beam_size})", file=sys.stderr)
+
+
+def validate(cfg):
+    if cfg.temperature < 0 or cfg.num_samples < 0 or cfg.max_new_tokens < 0 or cfg.top_k < 0 or not 0 < cfg.top_p <= 1:
+        raise UserError("temperature, num_samples, max_new_tokens and top_k must be >= 0, top_p in (0, 1]")
+    if cfg.beam_size < 1 or cfg.batch_size < 1:
+        raise UserError(f"beam_size and batch_size must be at least 1, got {cfg.beam_size} and {cfg.batch_size}")
 
 
 def main(argv=None):
     config, _ = configure(DEFAULTS, argv, sources=[__file__])
-    globals().update(config)
-    if temperature < 0 or num_samples < 0 or max_new_tokens < 0 or top_k < 0 or not 0 < top_p <= 1 or beam_size < 1:
-        raise UserError("temperature, num_samples, max_new_tokens and top_k must be >= 0, top_p in (0, 1], beam_size >= 1")
-    run_device = resolve_device(device)
+    cfg = SimpleNamespace(**config)
+    validate(cfg)
+    run_device = resolve_device(cfg.device)
     device_type = torch.device(run_device).type
-    run_dtype = inference_dtype(dtype, device_type)
-    torch.manual_seed(seed)
-    model, tokenizer, checkpoint = load_model()
+    run_dtype = inference_dtype(cfg.dtype, device_type)
+    torch.manual_seed(cfg.seed)
+    model, tokenizer, checkpoint = load_model(cfg)
     # inference needs no float32 master weights: half-size weights are read twice as fast
     speed_up(model.eval().to(run_device, getattr(torch, run_dtype)), device_type, run_dtype)
     is_gpt = isinstance(model, GPT)
-    if compile:  # what generation calls, with a growing cache, so shapes are dynamic
+    if cfg.compile:  # what generation calls, with a growing cache, so shapes are dynamic
         if is_gpt:
             model.forward = torch.compile(model.forward, dynamic=True)
         else:
             model.decode = torch.compile(model.decode, dynamic=True)
-    prompt = read_prompt(start)
-    if not is_gpt:
-        translate_text(model, tokenizer, prompt, run_device, checkpoint)
+    prompt = read_prompt(cfg.start)
+    if is_gpt:
+        generate_text(cfg, model, tokenizer, prompt, run_device)
     else:
-        generate_text(model, tokenizer, prompt, run_device)
+        translate_text(cfg, model, tokenizer, prompt, run_device, checkpoint)
 
 
 if __name__ == '__main__':

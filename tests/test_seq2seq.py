@@ -332,3 +332,35 @@ def test_a_cache_reused_on_another_source_batch_reads_that_batch():
         reused = model.decode(tgt_in, memory, mask, cache)
         fresh = model.decode(tgt_in, memory, mask)
     torch.testing.assert_close(reused, fresh)
+
+
+class NumberTokenizer:
+    """Sentences written as token ids: '5 6 7' <-> [5, 6, 7]."""
+
+    def encode(self, text):
+        return [int(word) for word in text.split()]
+
+    def decode(self, ids):
+        return ' '.join(map(str, ids))
+
+
+@pytest.mark.parametrize('pos_emb', ['learned', 'sinusoidal', 'rope'])
+def test_a_sentence_twice_the_trained_length_is_translated_not_refused(pos_emb, capsys):
+    model = tiny_model(pos_emb=pos_emb)  # src_block_size=16
+    long_line = ' '.join(str(4 + i % 30) for i in range(32))
+    lines = ['5 6 7', long_line, '', '8 9']
+    capsys.readouterr()
+    out = generate.translate(model, lines, NumberTokenizer(), beam_size=2)
+    err = capsys.readouterr().err
+    assert len(out) == 4 and out[2] == ''
+    assert out[0] == generate.translate(model, lines[:1], NumberTokenizer(), beam_size=2)[0]
+    if pos_emb == 'learned':  # no position past 16: the first 16 tokens, and one warning naming the line
+        assert err.splitlines() == ["warning: 1 sentence(s) longer than the model's src_block_size of 16 tokens "
+                                    "translated from their first 16 tokens: line(s) 2"]
+        first_16 = ' '.join(long_line.split()[:16])
+        assert out[1] == generate.translate(model, [first_16], NumberTokenizer(), beam_size=2)[0]
+    else:  # computed positions extend: the whole sentence is read, and the target may be as long
+        assert err == ''
+        src = torch.tensor([NumberTokenizer().encode(long_line)])
+        assert model.generate(src, beam_size=2) == [NumberTokenizer().encode(out[1])]
+        assert model.src_pos.max_len() >= 32
