@@ -66,8 +66,8 @@ def load_checkpoint(out_dir):
     path = os.path.join(out_dir, 'ckpt.pt')
     if not os.path.exists(path):
         raise UserError(f"no checkpoint at {path}: train a model first, or point --out_dir at a run's folder")
-    try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    try:  # mmap: tensors are read from the file as they are used, so N ranks resuming do not hold N copies in RAM
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
     except Exception as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path} is not a readable checkpoint ({reason[:150]}): it is truncated, corrupt or not a "

@@ -120,12 +120,15 @@ def synchronize(device):
         torch.mps.synchronize()
 
 
+# (matrix size, matmuls between two syncs) for measuring a peak: on a GPU the matrices must be
+# large and several must run between syncs, or launch and sync overhead dominate the clock
+PEAK_MATMULS = {'cpu': (1024, 1), 'gpu': (8192, 8)}
+
+
 def measured_peak_flops(device, dtype):
-    """Best FLOP/s of large matmuls on this device: the practical peak where no data sheet applies.
-    On a GPU the matrices are large (8192) and several run between syncs, or launch overhead would
-    dominate; a CPU reaches its peak at 1024."""
+    """Best FLOP/s of large matmuls on this device: the practical peak where no data sheet applies."""
     device = torch.device(device)
-    n, repeats = (1024, 1) if device.type == 'cpu' else (8192, 8)
+    n, repeats = PEAK_MATMULS['cpu' if device.type == 'cpu' else 'gpu']
     # constant, not random: the speed does not depend on the values, and drawing from the global RNG
     # here would shift the random stream that a resumed run has just restored (its dropout masks)
     a = torch.ones(n, n, device=device, dtype=dtype)

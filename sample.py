@@ -192,6 +192,13 @@ def report_bleu(cfg, translations, model, checkpoint, seconds):
           f"(beam {cfg.beam_size})", file=sys.stderr)
 
 
+def compile_generation_step(model):
+    """torch.compile what generation calls at every step: a GPT's forward, an encoder-decoder's
+    decode (translation never calls forward). The cache grows, so shapes are dynamic."""
+    name = 'forward' if isinstance(model, GPT) else 'decode'
+    setattr(model, name, torch.compile(getattr(model, name), dynamic=True))
+
+
 def validate(cfg):
     if cfg.temperature < 0 or cfg.num_samples < 0 or cfg.max_new_tokens < 0 or cfg.top_k < 0 or not 0 < cfg.top_p <= 1:
         raise UserError("temperature, num_samples, max_new_tokens and top_k must be >= 0, top_p in (0, 1]")
@@ -210,14 +217,10 @@ def main(argv=None):
     model, tokenizer, checkpoint = load_model(cfg)
     # inference needs no float32 master weights: half-size weights are read twice as fast
     speed_up(model.eval().to(run_device, getattr(torch, run_dtype)), device_type, run_dtype)
-    is_gpt = isinstance(model, GPT)
-    if cfg.compile:  # what generation calls, with a growing cache, so shapes are dynamic
-        if is_gpt:
-            model.forward = torch.compile(model.forward, dynamic=True)
-        else:
-            model.decode = torch.compile(model.decode, dynamic=True)
+    if cfg.compile:
+        compile_generation_step(model)
     prompt = read_prompt(cfg.start)
-    if is_gpt:
+    if isinstance(model, GPT):
         generate_text(cfg, model, tokenizer, prompt, run_device)
     else:
         translate_text(cfg, model, tokenizer, prompt, run_device, checkpoint)

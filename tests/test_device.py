@@ -111,3 +111,64 @@ def test_bf16_one_token_steps_through_the_cache_match_the_full_forward():
             with device.one_token_kernels(seq[:, t:t + 1]):
                 step, _ = model(seq[:, t:t + 1], cache=cache)
             torch.testing.assert_close(step[:, -1], full[:, t], atol=3e-2, rtol=3e-2)
+
+
+# ---------------------------------------------------------------------------
+# GPU choices, driven on a CPU with fake device queries
+
+
+def fake_gpu(monkeypatch, capability, name='NVIDIA Tesla V100-SXM2-16GB'):
+    """Make torch.cuda answer like a GPU of this compute capability, with torch's real rule for bf16:
+    emulated below 8.0 (is_bf16_supported() says True there unless including_emulation=False)."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: name)
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported',
+                        lambda including_emulation=True: including_emulation or capability >= (8, 0))
+
+
+@pytest.mark.parametrize('capability, expected', [((7, 0), 'float16'), ((7, 5), 'float16'), ((8, 0), 'bfloat16'),
+                                                  ((9, 0), 'bfloat16')])
+def test_auto_dtype_is_bf16_only_where_the_gpu_has_it(monkeypatch, capability, expected):
+    fake_gpu(monkeypatch, capability)
+    assert device.training_dtype('auto', 'cuda') == expected  # V100, T4: fp16 with the gradient scaler
+    assert device.inference_dtype('auto', 'cuda') == expected  # sampling: half-size weights either way
+    assert device.training_dtype('float32', 'cuda') == 'float32'  # an explicit choice stands
+
+
+def test_compile_is_supported_from_volta_on(monkeypatch):
+    fake_gpu(monkeypatch, (6, 1))
+    assert not device.compile_supported('cuda')
+    fake_gpu(monkeypatch, (7, 0))
+    assert device.compile_supported('cuda') and device.compile_supported('cpu')
+
+
+def test_any_cuda_device_becomes_the_current_one(monkeypatch):
+    """--device=cuda:1 without torchrun: RNG state, bf16 queries and allocations must mean GPU 1."""
+    fake_gpu(monkeypatch, (9, 0))
+    chosen = []
+    monkeypatch.setattr(torch.cuda, 'set_device', chosen.append)
+    assert device.resolve_device('cuda:1') == 'cuda:1' and chosen == ['cuda:1']
+
+
+@pytest.mark.parametrize('name, flops', [
+    ('NVIDIA H100 80GB HBM3', 989e12), ('NVIDIA H100 PCIe', 756e12), ('NVIDIA H100 NVL', 835e12),
+    ('NVIDIA L40', 181e12), ('NVIDIA L40S', 362e12), ('NVIDIA L4', 121e12), ('NVIDIA A100-SXM4-80GB', 312e12),
+    ('NVIDIA A10G', 70e12), ('NVIDIA A10', 125e12), ('Tesla T4', 65e12), ('NVIDIA GeForce RTX 4090', 165e12),
+    ('NVIDIA RTX A1000', None), ('NVIDIA RTX A6000', None), ('NVIDIA B200', None),
+])
+def test_gpu_names_match_whole_model_names_only(name, flops):
+    assert device.gpu_table_peak(name) == flops
+
+
+def test_an_unknown_gpu_is_measured_with_large_matmuls_several_per_sync(monkeypatch):
+    fake_gpu(monkeypatch, (9, 0), name='NVIDIA B200')
+    measured = []
+    monkeypatch.setattr(device, 'measured_peak_flops', lambda dev, dtype: measured.append(dev) or 1e15)
+    assert device.peak_flops('cuda', torch.bfloat16) == 1e15 and measured
+    n, repeats = device.PEAK_MATMULS['gpu']
+    assert n >= 8192 and repeats >= 8
+
+
+def test_cpu_peak_is_measured_in_the_dtype_asked():
+    assert device.peak_flops('cpu', torch.float32) > 1e8

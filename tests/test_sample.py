@@ -88,3 +88,13 @@ def test_missing_checkpoint_is_a_one_line_error(tmp_path):
     assert result.returncode == 1 and result.stdout == ''
     assert result.stderr.splitlines() == [f"error: no checkpoint at {tmp_path / 'nothing' / 'ckpt.pt'}: train a "
                                           f"model first, or point --out_dir at a run's folder"]
+
+
+def test_compile_wraps_the_step_generation_calls(monkeypatch):
+    """A GPT's forward; an encoder-decoder's decode, which translation calls (it never calls forward)."""
+    from model import GPT, GPTConfig, Seq2SeqConfig, Seq2SeqTransformer
+    compiled = []
+    monkeypatch.setattr(torch, 'compile', lambda fn, **kwargs: compiled.append(fn.__name__) or fn)
+    sample.compile_generation_step(GPT(GPTConfig(vocab_size=8, block_size=8, n_layer=1, n_head=1, n_embd=8)))
+    sample.compile_generation_step(Seq2SeqTransformer(Seq2SeqConfig(vocab_size=8, n_layer=1, n_head=1, n_embd=8)))
+    assert compiled == ['forward', 'decode']
