@@ -29,11 +29,13 @@ import torch
 import train
 from configurator import UserError, configure, run_cli
 from data import Batches
+from device import synchronize
 from model import Seq2SeqTransformer
 from tokenizer import load_meta
 
-# The benchmark's settings, on top of train.py's (kept in a dict: 'json' would hide the module).
+# The benchmark's settings, on top of train.py's (kept in a dict: a variable named json would hide the module)
 BENCH_DEFAULTS = dict(
+    # benchmark
     warmup_steps=5,  # training steps before the clock starts: compilation, allocator, caches
     measure_steps=20,  # timed training steps; 0 = measure sampling only
     sample_tokens=255,  # new tokens per greedy generation (at most block_size - 1); 0 = no sampling
@@ -75,11 +77,11 @@ class RandomBatches(Batches):
 class BenchTrainer(train.Trainer):
     """train.py's Trainer (model, optimizers, autocast, compile, training step), with random data if asked."""
 
-    def __init__(self, config, explicit, real_data):
+    def __init__(self, cfg, explicit, real_data):
         self.real_data = real_data
-        super().__init__(config, explicit)
+        super().__init__(cfg, explicit)
         if not real_data:  # made now: the ids must stay below the vocabulary of the model just built
-            self.data = RandomBatches(self.raw_model, train.block_size, self.device)
+            self.data = RandomBatches(self.raw_model, cfg.block_size, self.device)
 
     def load_data(self):
         if self.real_data:
@@ -87,21 +89,13 @@ class BenchTrainer(train.Trainer):
                 return super().load_data()
             except UserError as e:
                 raise UserError(f"{e}; or measure on random tokens: --real_data=False") from None
-        data_dir = train.data_folder()
-        train.prepare_if_missing(data_dir, self.master)  # small known datasets only: their meta sets the vocabulary
+        data_dir = train.data_folder(self.cfg)
+        # small known datasets only: their meta sets the vocabulary
+        train.prepare_if_missing(self.cfg, data_dir, self.master)
         meta = load_meta(data_dir)
-        if meta is None and train.model_type == 'seq2seq':
+        if meta is None and self.cfg.model_type == 'seq2seq':
             raise UserError(f"{data_dir}/meta.pkl not found: a seq2seq model takes its special token ids from it")
         return meta, None
-
-
-def synchronize(device):
-    """Wait for the device to finish its queued work, so that the clock measures it."""
-    kind = torch.device(device).type
-    if kind == 'cuda':
-        torch.cuda.synchronize(device)
-    elif kind == 'mps':
-        torch.mps.synchronize()
 
 
 def peak_memory(device):
@@ -113,7 +107,6 @@ def peak_memory(device):
 
 
 def measure_training(trainer, warmup_steps, measure_steps):
-    trainer.lr, trainer.bad_in_a_row = train.learning_rate, 0  # what Trainer.run sets before its first step
     for _ in range(warmup_steps):
         trainer.train_step()
     synchronize(trainer.device)
@@ -162,22 +155,20 @@ def measure_sampling(trainer, sample_tokens):
     }
 
 
-def run_bench(settings, explicit, bench):
-    vars(train).update(settings)  # train.py's functions read their settings from its module globals
-    train.validate_settings()
-    trainer = BenchTrainer(settings, explicit, bench['real_data'])
+def run_bench(cfg, explicit, bench):
+    trainer = BenchTrainer(cfg, explicit, bench['real_data'])
     model = trainer.raw_model
     results = {
-        'model_type': train.model_type, 'params': model.get_num_params(), 'n_layer': model.config.n_layer,
-        'n_head': model.config.n_head, 'n_embd': model.config.n_embd, 'block_size': train.block_size,
-        'batch_size': train.batch_size, 'gradient_accumulation_steps': train.gradient_accumulation_steps,
-        'device': trainer.device, 'threads': torch.get_num_threads(), 'dtype': trainer.dtype, 'compile': train.compile,
+        'model_type': cfg.model_type, 'params': model.get_num_params(), 'n_layer': model.config.n_layer,
+        'n_head': model.config.n_head, 'n_embd': model.config.n_embd, 'block_size': cfg.block_size,
+        'batch_size': cfg.batch_size, 'gradient_accumulation_steps': cfg.gradient_accumulation_steps,
+        'device': trainer.device, 'threads': torch.get_num_threads(), 'dtype': trainer.dtype, 'compile': cfg.compile,
         'real_data': bench['real_data'],
         'warmup_steps': bench['warmup_steps'], 'measure_steps': bench['measure_steps'],
     }
     if bench['measure_steps']:
         results.update(measure_training(trainer, bench['warmup_steps'], bench['measure_steps']))
-    if bench['sample_tokens'] and train.model_type == 'gpt':
+    if bench['sample_tokens'] and cfg.model_type == 'gpt':
         results.update(measure_sampling(trainer, bench['sample_tokens']))
     return results
 
@@ -202,7 +193,7 @@ def print_table(r):
 
 def main(argv=None):
     """Run the benchmark; print a table (or JSON) and return the results as a dict."""
-    settings, explicit = configure({**train.DEFAULTS, **BENCH_DEFAULTS}, argv)
+    settings, explicit = configure({**train.DEFAULTS, **BENCH_DEFAULTS}, argv, sources=[__file__, train.__file__])
     bench = {key: settings.pop(key) for key in BENCH_DEFAULTS}
     for key in ('warmup_steps', 'measure_steps', 'sample_tokens'):
         if bench[key] < 0:
@@ -212,7 +203,7 @@ def main(argv=None):
     with quiet, tempfile.TemporaryDirectory() as scratch:
         if settings['init_from'] != 'resume':  # the Trainer sets up out_dir for a new run (and clears its metrics)
             settings['out_dir'] = scratch
-        results = run_bench(settings, explicit - set(BENCH_DEFAULTS), bench)
+        results = run_bench(train.Settings(**settings), explicit - set(BENCH_DEFAULTS), bench)
     if bench['json']:
         print(json.dumps(results))
     else:

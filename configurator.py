@@ -6,13 +6,16 @@ module-level variables; then, in the order given on the command line,
 
 a config file (trusted Python, executed) and `--key=value` flags (parsed as Python
 literals only, never executed) override them. Unknown keys and values of the wrong
-type are one-line errors that name the key and the closest valid one.
+type are one-line errors that name the key and the closest valid one. `--help` lists the
+settings with their defaults and the comments beside them in the script, grouped as there.
 """
 
 import ast
 import difflib
+import io
 import os
 import sys
+import tokenize
 
 SETTING_TYPES = (bool, int, float, str, type(None))
 
@@ -75,10 +78,14 @@ def run_config_file(path, settings):
     return changed
 
 
-def configure(settings, argv=None):
+def configure(settings, argv=None, sources=()):
     """Apply config files and --key=value flags from argv to a copy of `settings`.
-    Returns (settings, the set of keys the user set explicitly)."""
+    Returns (settings, the set of keys the user set explicitly). `sources`: the script files that
+    define the settings, whose comments `--help` (or -h) prints before exiting with status 0."""
     argv = sys.argv[1:] if argv is None else argv
+    if '--help' in argv or '-h' in argv:
+        print(help_text(settings, sources, script=os.path.basename(sources[0]) if sources else None))
+        sys.exit(0)
     settings, explicit = dict(settings), set()
     for arg in argv:
         if arg.startswith('--'):
@@ -95,6 +102,62 @@ def configure(settings, argv=None):
         settings.update(changed)
         explicit |= set(changed)
     return settings, explicit
+
+
+def documented_settings(path, names):
+    """[(name, comment, section)] of the settings in `names` that the file at `path` assigns at its
+    top level (`name = value  # comment`) or passes to a top-level dict(...) call (`name=value,  # comment`),
+    in the file's order. A setting's section is the block of comment lines just above it (dashed
+    lines left out), and carries over to the settings below it until the next such block."""
+    with open(path, encoding='utf-8') as f:
+        source = f.read()
+    comments, comment_lines = {}, set()  # line -> comment text; lines holding only a comment
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip('#').strip()
+            if not tok.line[:tok.start[1]].strip():
+                comment_lines.add(tok.start[0])
+    found = []  # (line, end line, name)
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign):
+            value = node.value
+            for target in node.targets:
+                if isinstance(target, ast.Name) and target.id in names:
+                    found.append((node.lineno, node.end_lineno, target.id))
+            if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == 'dict':
+                found += [(kw.value.lineno, kw.value.end_lineno, kw.arg) for kw in value.keywords if kw.arg in names]
+    result, section = [], ''
+    for line, end, name in sorted(found):
+        above = []
+        while line - len(above) - 1 in comment_lines:
+            above.insert(0, comments[line - len(above) - 1])
+        above = [text for text in above if text.strip('-')]
+        if above:
+            section = ' '.join(above)
+        comment = next((comments[n] for n in range(line, end + 1) if n in comments and n not in comment_lines), '')
+        result.append((name, comment, section))
+    return result
+
+
+def help_text(settings, sources=(), script=None):
+    """The settings with their defaults and comments, grouped by the section comments of `sources`."""
+    lines = [f"usage: python {script or 'SCRIPT'} [config/FILE.py ...] [--key=value ...]",
+             "Settings and their defaults; config files, then flags, override them in the order given."]
+    documented, seen = [], set()
+    for path in sources:
+        for name, comment, section in documented_settings(path, settings):
+            if name not in seen:
+                seen.add(name)
+                documented.append((name, comment, section))
+    documented += [(name, '', 'other') for name in settings if name not in seen]
+    section = None
+    for name, comment, group in documented:
+        if group != section:
+            section = group
+            lines.append(f"\n# {group}" if group else "")
+        flag = f"  --{name}={settings[name]!r}"
+        lines.append(f"{flag:<36}  # {comment}" if comment else flag)
+    return '\n'.join(lines)
 
 
 def run_cli(main):

@@ -11,10 +11,10 @@ Several processes with DDP (the global batch is the same whatever their number):
     torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=123.456.123.456 --master_port=1234 train.py
     # and on the second the same with --node_rank=1
 
-Settings are the module-level variables below; see configurator.py for how they are overridden.
+Settings are the module-level variables below (`python train.py --help` lists them); see configurator.py
+for how they are overridden. The loop gets them as one Settings object, `cfg`.
 """
 
-import ctypes
 import json
 import math
 import os
@@ -22,21 +22,25 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import generate
 from checkpoint import load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint, set_rng_state
 from configurator import UserError, configure, run_cli, settings_of
 from data import SentencePairs, TokenStream
-from model import GPT, GPTConfig, Seq2SeqConfig, Seq2SeqTransformer, config_fields, peak_flops
+from device import DTYPES, autocast, keep_freed_memory, peak_flops, resolve_device, speed_up, training_dtype
+from model import GPT, GPTConfig, Seq2SeqConfig, Seq2SeqTransformer, config_fields
 from tokenizer import TiktokenTokenizer, load_meta, tokenizer_from_meta
 
 # -----------------------------------------------------------------------------
 # Settings. The defaults train a small character-level model of tiny Shakespeare in a few
 # minutes on a laptop CPU, with GPT-2's architecture; config/train_shakespeare_char_cpu.py
 # is the tuned recipe (modern architecture, Muon, bf16) for the lowest loss in two minutes.
+
 # I/O
 out_dir = 'out'
 eval_interval = 250
@@ -94,7 +98,7 @@ bleu_sentences = 200
 # system
 backend = 'auto'  # 'nccl' | 'gloo' | 'auto' (nccl on GPU, gloo on CPU)
 device = 'auto'  # 'cpu' | 'cuda' | 'cuda:1' | 'mps' | 'auto' (the best present)
-dtype = 'auto'  # 'float32' | 'bfloat16' | 'float16' (with a gradient scaler) | 'auto' (bf16 on GPUs that have it)
+dtype = 'auto'  # 'float32' | 'bfloat16' | 'float16' (with a gradient scaler) | 'auto' (bf16 where GPU or CPU has it)
 compile = False  # torch.compile the model: faster steps on GPU after a minute of compiling
 seed = 1337
 # -----------------------------------------------------------------------------
@@ -103,7 +107,7 @@ AUTO_PREPARED = ('shakespeare_char', 'shakespeare', 'multi30k')  # small enough 
 ARCH_SETTINGS = config_fields(GPTConfig) | config_fields(Seq2SeqConfig)
 TRAINING_ONLY = {'dropout', 'label_smoothing'}  # may change when a run is resumed
 
-stop_signal = None  # set by SIGTERM/SIGINT; the loop saves and exits at the next iteration
+stop_signal = None  # process state, not a setting: set by SIGTERM/SIGINT; the loop then saves and exits
 
 
 def request_stop(signum, frame):
@@ -113,217 +117,215 @@ def request_stop(signum, frame):
     stop_signal = signum
 
 
-def validate_settings():
+class Settings(SimpleNamespace):
+    """A run's settings as attributes, `cfg.batch_size`: DEFAULTS with the config files and flags
+    applied, `Settings(**config)`. Everything below takes it as an argument; no function reads the
+    module-level defaults."""
+
+    def as_dict(self):
+        return dict(vars(self))
+
+
+def validate_settings(cfg):
     for key in ('eval_interval', 'log_interval', 'eval_iters', 'gradient_accumulation_steps', 'batch_size',
                 'block_size', 'n_layer', 'n_head', 'n_embd'):
-        if globals()[key] <= 0:
-            raise UserError(f"{key} must be positive, got {globals()[key]}")
+        if getattr(cfg, key) <= 0:
+            raise UserError(f"{key} must be positive, got {getattr(cfg, key)}")
     for key in ('max_iters', 'keep_last', 'warmup_iters', 'max_time', 'grad_clip', 'weight_decay', 'vocab_size'):
-        if globals()[key] < 0:
-            raise UserError(f"{key} must not be negative, got {globals()[key]}")
-    if learning_rate <= 0 or min_lr < 0:
+        if getattr(cfg, key) < 0:
+            raise UserError(f"{key} must not be negative, got {getattr(cfg, key)}")
+    if cfg.learning_rate <= 0 or cfg.min_lr < 0:
         raise UserError("learning_rate must be positive and min_lr not negative")
-    if not 0 <= muon_momentum < 1:
-        raise UserError(f"muon_momentum must be in [0, 1), got {muon_momentum}")
-    if decay_lr and max_time == 0 and lr_decay_iters <= warmup_iters:
-        raise UserError(f"lr_decay_iters ({lr_decay_iters}) must be larger than warmup_iters ({warmup_iters})")
+    if not 0 <= cfg.muon_momentum < 1:
+        raise UserError(f"muon_momentum must be in [0, 1), got {cfg.muon_momentum}")
+    if cfg.decay_lr and cfg.max_time == 0 and cfg.lr_decay_iters <= cfg.warmup_iters:
+        raise UserError(f"lr_decay_iters ({cfg.lr_decay_iters}) must be larger than warmup_iters ({cfg.warmup_iters})")
     choices = {'model_type': ('gpt', 'seq2seq'), 'dtype': ('auto', 'float32', 'bfloat16', 'float16'),
                'backend': ('auto', 'nccl', 'gloo'), 'optimizer': ('adamw', 'muon'), 'lr_schedule': ('cosine', 'linear'),
                'init_from': ('scratch', 'resume', 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')}
     for key, allowed in choices.items():
-        if globals()[key] not in allowed:
-            raise UserError(f"{key} must be one of {', '.join(allowed)}; got {globals()[key]!r}")
-    if model_type == 'seq2seq' and init_from.startswith('gpt2'):
+        if getattr(cfg, key) not in allowed:
+            raise UserError(f"{key} must be one of {', '.join(allowed)}; got {getattr(cfg, key)!r}")
+    if cfg.model_type == 'seq2seq' and cfg.init_from.startswith('gpt2'):
         raise UserError("GPT-2 weights initialise a gpt model only: use --model_type=gpt")
 
 
-def resolve_device(name):
-    """'auto' -> the best device present; a device that is not there is an error."""
-    if name == 'auto':
-        return 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
-    try:
-        kind = torch.device(name).type
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}: use cpu, cuda, cuda:N, mps or auto") from None
-    present = {'cpu': True, 'cuda': torch.cuda.is_available(), 'mps': torch.backends.mps.is_available()}
-    if not present.get(kind, False):
-        raise UserError(f"device {name!r} is not available on this machine: use --device=cpu (or auto)")
-    return name
+def get_lr(cfg, it, elapsed):
+    """Linear warmup, then a cosine or linear decay to min_lr over lr_decay_iters (or over max_time)."""
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if cfg.max_time > 0:
+        progress = elapsed / cfg.max_time
+    else:
+        progress = (it - cfg.warmup_iters) / (cfg.lr_decay_iters - cfg.warmup_iters)
+    if progress >= 1:
+        return cfg.min_lr
+    remaining = 1 - progress if cfg.lr_schedule == 'linear' else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.min_lr + remaining * (cfg.learning_rate - cfg.min_lr)
 
 
-def resolve_dtype(device_type):
-    if dtype != 'auto':
-        return dtype
-    if device_type == 'cuda':
-        return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
-    return 'float32'
+# -----------------------------------------------------------------------------
+# Data and model
 
 
-def keep_freed_memory():
-    """Stop glibc's malloc from handing each freed activation buffer back to the OS: on a CPU every
-    step would otherwise page-fault tens of MB back in (~8% of the CPU recipe's step). Linux only."""
-    try:
-        libc = ctypes.CDLL('libc.so.6')
-    except OSError:  # not glibc (macOS, Windows, musl): nothing to tune
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
-    # blocks up to 32 MiB (glibc's largest) come from the heap, which keeps up to 1 GiB free for reuse
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+def data_folder(cfg):
+    return cfg.dataset if os.path.isabs(cfg.dataset) or os.sep in cfg.dataset else os.path.join('data', cfg.dataset)
 
 
-def data_folder():
-    return dataset if os.path.isabs(dataset) or os.sep in dataset else os.path.join('data', dataset)
-
-
-def prepare_if_missing(data_dir, is_master):
+def prepare_if_missing(cfg, data_dir, is_master):
     """The small datasets are prepared on first use, by rank 0 while the others wait."""
-    marker = os.path.join(data_dir, 'train.bin' if model_type == 'gpt' else 'meta.pkl')
-    if os.path.exists(marker) or dataset not in AUTO_PREPARED:
+    marker = os.path.join(data_dir, 'train.bin' if cfg.model_type == 'gpt' else 'meta.pkl')
+    if os.path.exists(marker) or cfg.dataset not in AUTO_PREPARED:
         return
     if is_master:
-        print(f"{marker} not found: preparing {dataset} first")
+        print(f"{marker} not found: preparing {cfg.dataset} first")
         import importlib
-        importlib.import_module(f'prepare.{dataset}').prepare(out_dir=data_dir)
+        importlib.import_module(f'prepare.{cfg.dataset}').prepare(out_dir=data_dir)
     if dist.is_initialized():
         dist.barrier()
 
 
-def load_dataset(data_dir, device):
-    if model_type == 'seq2seq':
-        return SentencePairs(data_dir, block_size, device)
-    return TokenStream(data_dir, block_size, device)
+def load_dataset(cfg, data_dir, device):
+    if cfg.model_type == 'seq2seq':
+        return SentencePairs(data_dir, cfg.block_size, device)
+    return TokenStream(data_dir, cfg.block_size, device)
 
 
-def architecture(meta):
-    """The model settings of a new model: this script's settings, plus what the data decides."""
-    config_class = GPTConfig if model_type == 'gpt' else Seq2SeqConfig
-    args = {key: globals()[key] for key in config_fields(config_class) if key in globals()}
-    args['vocab_size'] = vocab_size or (meta or {}).get('vocab_size') or 50304
-    if model_type == 'seq2seq':
-        args.update(src_block_size=block_size, tgt_block_size=block_size,
+def architecture(cfg, meta):
+    """The model settings of a new model: the run's settings, plus what the data decides."""
+    config_class = GPTConfig if cfg.model_type == 'gpt' else Seq2SeqConfig
+    settings = vars(cfg)
+    args = {key: settings[key] for key in config_fields(config_class) if key in settings}
+    args['vocab_size'] = cfg.vocab_size or (meta or {}).get('vocab_size') or 50304
+    if cfg.model_type == 'seq2seq':
+        args.update(src_block_size=cfg.block_size, tgt_block_size=cfg.block_size,
                     pad_id=meta['pad_id'], bos_id=meta['bos_id'], eos_id=meta['eos_id'])
     return args
 
 
-def check_resumable(checkpoint, explicit, meta):
+def check_resumable(cfg, checkpoint, explicit, meta):
     """A resumed run keeps the checkpoint's architecture: settings given that contradict it are errors."""
     kind = checkpoint.get('model_type', 'gpt')
-    if kind != model_type:
-        raise UserError(f"out_dir {out_dir} holds a {kind} checkpoint but model_type is {model_type}")
+    if kind != cfg.model_type:
+        raise UserError(f"out_dir {cfg.out_dir} holds a {kind} checkpoint but model_type is {cfg.model_type}")
     saved = checkpoint['model_args']
-    wanted = architecture(meta) if meta is not None or model_type == 'gpt' else {}
+    wanted = architecture(cfg, meta) if meta is not None or cfg.model_type == 'gpt' else {}
     for key in sorted((explicit & ARCH_SETTINGS) - TRAINING_ONLY):
-        saved_key = 'tgt_block_size' if model_type == 'seq2seq' and key == 'block_size' else key
+        saved_key = 'tgt_block_size' if cfg.model_type == 'seq2seq' and key == 'block_size' else key
         if saved_key in saved and wanted.get(saved_key, saved[saved_key]) != saved[saved_key]:
-            raise UserError(f"--{key}={globals()[key]} differs from the checkpoint's {saved[saved_key]}: "
+            raise UserError(f"--{key}={getattr(cfg, key)} differs from the checkpoint's {saved[saved_key]}: "
                             f"a resumed run keeps its architecture (drop the flag, or use another out_dir)")
     if meta and meta.get('vocab_size') and meta['vocab_size'] > saved['vocab_size']:
-        raise UserError(f"dataset {dataset} has a vocabulary of {meta['vocab_size']} but the checkpoint's model "
+        raise UserError(f"dataset {cfg.dataset} has a vocabulary of {meta['vocab_size']} but the checkpoint's model "
                         f"has {saved['vocab_size']}: resume with the dataset it was trained on")
 
 
-def get_lr(it, elapsed):
-    """Linear warmup, then a cosine or linear decay to min_lr over lr_decay_iters (or over max_time)."""
-    if not decay_lr:
-        return learning_rate
-    if it < warmup_iters:
-        return learning_rate * (it + 1) / (warmup_iters + 1)
-    if max_time > 0:
-        progress = elapsed / max_time
-    else:
-        progress = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
-    if progress >= 1:
-        return min_lr
-    remaining = 1 - progress if lr_schedule == 'linear' else 0.5 * (1.0 + math.cos(math.pi * progress))
-    return min_lr + remaining * (learning_rate - min_lr)
+# -----------------------------------------------------------------------------
+# The loop
 
 
 class Trainer:
-    """The state of a run and the steps of its loop."""
+    """The state of a run and the steps of its loop: `Trainer(cfg, explicit).run()`, where `explicit`
+    is the set of settings the user gave (a resumed run checks them against its checkpoint).
 
-    def __init__(self, config, explicit):
-        self.config = config
+    Reading order: __init__ (and the set-up methods it calls), run (the loop), train_step (one
+    optimizer step) and its helpers, then evaluation, checkpoints and logging."""
+
+    def __init__(self, cfg, explicit=frozenset()):
+        validate_settings(cfg)
+        self.cfg = cfg
+        self.config = cfg.as_dict()  # saved in checkpoints, given to wandb
         self.setup_distributed()
         if self.device_type == 'cpu':
             keep_freed_memory()
-        torch.manual_seed(seed + self.rank)  # dropout differs per rank; DDP copies rank 0's initial weights
+        torch.manual_seed(cfg.seed + self.rank)  # dropout differs per rank; DDP copies rank 0's initial weights
         torch.set_float32_matmul_precision('high')  # TF32 matmuls on GPUs that have them
-        self.ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[self.dtype]
-        self.autocast = nullcontext() if self.dtype == 'float32' else torch.autocast(self.device_type, dtype=self.ptdtype)
+        self.ptdtype = DTYPES[self.dtype]
+        self.autocast = autocast(self.device_type, self.dtype)
         self.meta, self.data = self.load_data()
-        self.data_rng = torch.Generator().manual_seed(seed)  # the same on every rank: one global batch
+        self.data_rng = torch.Generator().manual_seed(cfg.seed)  # the same on every rank: one global batch
         self.iter_num, self.best_val_loss, self.skipped, self.elapsed = 0, float('inf'), 0, 0.0
+        self.bad_in_a_row = 0  # non-finite steps since the last good one
+        self.running_mfu = -1.0
         checkpoint = self.build_model(explicit)
-        self.raw_model = self.model.to(self.device)
+        self.raw_model = speed_up(self.model.to(self.device), self.device_type, self.dtype)
         self.optimizers = self.raw_model.configure_optimizers(
-            weight_decay, learning_rate, (beta1, beta2), self.device_type, optimizer, muon_momentum)
+            cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), self.device_type, cfg.optimizer,
+            cfg.muon_momentum)
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype == 'float16')
         if checkpoint is not None:
             self.restore(checkpoint)
-        if compile:
+        if cfg.compile:
             self.model = torch.compile(self.model)
         if self.ddp:
             self.model = DDP(self.model, device_ids=[self.local_rank] if self.device_type == 'cuda' else None)
+        self.lr = get_lr(cfg, self.iter_num, self.elapsed)
         self.peak = peak_flops(self.device, self.ptdtype) if self.master else 1.0
-        self.metrics_path = os.path.join(out_dir, 'metrics.jsonl')
+        self.metrics_path = os.path.join(cfg.out_dir, 'metrics.jsonl')
         if checkpoint is None and self.master and os.path.exists(self.metrics_path):
             os.remove(self.metrics_path)  # a new run: its curves must not mix with an earlier run's in this out_dir
-        self.wandb = self.start_wandb(checkpoint) if wandb_log and self.master else None
+        self.wandb = self.start_wandb(checkpoint) if cfg.wandb_log and self.master else None
 
     def setup_distributed(self):
+        cfg = self.cfg
         self.ddp = int(os.environ.get('RANK', -1)) != -1
-        self.device = resolve_device(device)
+        self.device = resolve_device(cfg.device)
         if self.ddp:
             self.rank, self.local_rank = int(os.environ['RANK']), int(os.environ['LOCAL_RANK'])
             self.world = int(os.environ['WORLD_SIZE'])
             if self.device.startswith('cuda'):
                 self.device = f'cuda:{self.local_rank}'
                 torch.cuda.set_device(self.device)
-            kind = backend if backend != 'auto' else 'nccl' if self.device.startswith('cuda') else 'gloo'
+            kind = cfg.backend if cfg.backend != 'auto' else 'nccl' if self.device.startswith('cuda') else 'gloo'
             dist.init_process_group(backend=kind)
         else:
             self.rank, self.local_rank, self.world = 0, 0, 1
         self.master = self.rank == 0
-        if gradient_accumulation_steps % self.world:
-            raise UserError(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be a multiple of "
+        if cfg.gradient_accumulation_steps % self.world:
+            raise UserError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be a multiple of "
                             f"the number of processes ({self.world})")
-        self.accum = gradient_accumulation_steps // self.world  # micro-steps of this rank
+        self.accum = cfg.gradient_accumulation_steps // self.world  # micro-steps of this rank
         self.device_type = torch.device(self.device).type
-        self.dtype = resolve_dtype(self.device_type)
+        self.dtype = training_dtype(cfg.dtype, self.device_type)
         if self.master:
-            os.makedirs(out_dir, exist_ok=True)
+            os.makedirs(cfg.out_dir, exist_ok=True)
 
     def load_data(self):
         """(meta or None, batches) of the dataset, prepared first if it is a small known one.
         A method so that bench.py can swap in random tokens."""
-        data_dir = data_folder()
-        prepare_if_missing(data_dir, self.master)
-        return load_meta(data_dir), load_dataset(data_dir, self.device)
+        data_dir = data_folder(self.cfg)
+        prepare_if_missing(self.cfg, data_dir, self.master)
+        return load_meta(data_dir), load_dataset(self.cfg, data_dir, self.device)
 
     def build_model(self, explicit):
         """A new model, GPT-2's weights, or the checkpoint's model. Returns the checkpoint, if any."""
-        if init_from == 'resume' or (init_from == 'scratch' and int(os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)) > 0
-                                     and os.path.exists(os.path.join(out_dir, 'ckpt.pt'))):
-            checkpoint = load_checkpoint(out_dir)  # torchrun --max-restarts: a restarted worker resumes
-            check_resumable(checkpoint, explicit, self.meta)
-            checkpoint['model_args'].update({k: globals()[k] for k in TRAINING_ONLY if k in checkpoint['model_args']})
-            self.model = model_from_checkpoint(checkpoint, model_type)
+        cfg = self.cfg
+        if cfg.init_from == 'resume' or (cfg.init_from == 'scratch'
+                                         and int(os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)) > 0
+                                         and os.path.exists(os.path.join(cfg.out_dir, 'ckpt.pt'))):
+            checkpoint = load_checkpoint(cfg.out_dir)  # torchrun --max-restarts: a restarted worker resumes
+            check_resumable(cfg, checkpoint, explicit, self.meta)
+            args = checkpoint['model_args']
+            args.update({k: getattr(cfg, k) for k in TRAINING_ONLY if k in args})
+            self.model = model_from_checkpoint(checkpoint, cfg.model_type)
             self.model_args = checkpoint['model_args']
-            self.log(f"resuming from {out_dir}/ckpt.pt at iteration {checkpoint['iter_num']}")
+            self.log(f"resuming from {cfg.out_dir}/ckpt.pt at iteration {checkpoint['iter_num']}")
             return checkpoint
-        if init_from.startswith('gpt2'):
+        if cfg.init_from.startswith('gpt2'):
             try:
-                self.model = GPT.from_pretrained(init_from, dict(dropout=dropout, block_size=block_size))
+                self.model = GPT.from_pretrained(cfg.init_from, dict(dropout=cfg.dropout, block_size=cfg.block_size))
             except ValueError as e:
                 raise UserError(str(e)) from None
         else:
             try:
-                config = (GPTConfig if model_type == 'gpt' else Seq2SeqConfig)(**architecture(self.meta))
+                config = (GPTConfig if cfg.model_type == 'gpt' else Seq2SeqConfig)(**architecture(cfg, self.meta))
             except ValueError as e:
                 raise UserError(f"invalid model settings: {e}") from None
-            self.model = (GPT if model_type == 'gpt' else Seq2SeqTransformer)(config)
+            self.model = (GPT if cfg.model_type == 'gpt' else Seq2SeqTransformer)(config)
         self.model_args = dict(vars(self.model.config))
-        self.log(f"{model_type} model with {self.model.get_num_params() / 1e6:.2f}M parameters")
+        self.log(f"{cfg.model_type} model with {self.model.get_num_params() / 1e6:.2f}M parameters")
         return None
 
     def restore(self, checkpoint):
@@ -343,18 +345,230 @@ class Trainer:
         if checkpoint.get('rng'):
             set_rng_state(checkpoint['rng'][self.rank % len(checkpoint['rng'])])
 
-    def tokenizer_state(self):
-        if init_from.startswith('gpt2') or self.meta is None:
-            return TiktokenTokenizer('gpt2').state()
-        return tokenizer_from_meta(self.meta).state()
-
     def start_wandb(self, checkpoint):
         try:
             import wandb
         except ImportError:
             raise UserError("wandb_log=True needs wandb: pip install wandb") from None
         run_id = (checkpoint or {}).get('wandb_id')
-        return wandb.init(project=wandb_project, name=wandb_run_name, config=self.config, id=run_id, resume='allow')
+        return wandb.init(project=self.cfg.wandb_project, name=self.cfg.wandb_run_name, config=self.config,
+                          id=run_id, resume='allow')
+
+    # -------------------------------------------------------------------------
+    # The loop: evaluate every eval_interval steps, stop on a signal, at max_iters or max_time
+
+    def run(self):
+        cfg = self.cfg
+        local_iter, step_time = 0, 0.0
+        start = time.time() - self.elapsed
+        while True:
+            if self.master:
+                self.elapsed = time.time() - start
+            stop, time_up = self.should_stop()
+            self.lr = get_lr(cfg, self.iter_num, self.elapsed)
+            if stop:  # preempted or interrupted: save where we are, exit cleanly
+                self.log(f"signal received: saving at iteration {self.iter_num} and exiting")
+                self.save()
+                break
+            last = self.iter_num >= cfg.max_iters or time_up
+            if self.iter_num % cfg.eval_interval == 0 or last or cfg.eval_only:
+                self.evaluate_and_save()
+            if last or cfg.eval_only:
+                break
+            t0 = time.time()
+            loss_sum, tokens, grad_norm = self.train_step()  # tokens: targets in the global batch
+            step_time += time.time() - t0  # evals left out
+            self.iter_num += 1
+            local_iter += 1
+            if self.iter_num % cfg.log_interval == 0:
+                self.log_progress(loss_sum, tokens, grad_norm, step_time / cfg.log_interval,
+                                  first=local_iter <= cfg.log_interval)
+                step_time = 0.0
+        if self.wandb is not None:
+            self.wandb.finish()
+
+    def should_stop(self):
+        """(stop signal, time is up), agreed on by all ranks: rank 0's clock decides."""
+        stop = stop_signal is not None
+        if self.ddp:
+            flags = torch.tensor([float(stop), self.elapsed if self.master else 0.0], dtype=torch.float64,
+                                 device=self.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            stop, self.elapsed = bool(flags[0].item()), flags[1].item()
+        return stop, self.cfg.max_time > 0 and self.elapsed >= self.cfg.max_time
+
+    # -------------------------------------------------------------------------
+    # One optimizer step
+
+    def train_step(self):
+        """One optimizer step over the global batch at learning rate self.lr. Returns (the mean loss on
+        this rank's share, weighted so that the sum over ranks is the mean loss of the whole global
+        batch; the global batch's number of target tokens; the gradient norm before clipping)."""
+        self.set_learning_rate(self.lr)
+        micro_batches, total_targets = self.micro_batches()
+        loss_sum = torch.zeros((), device=self.device)
+        for last, batch, weight in micro_batches:
+            with self.gradient_sync(last):
+                with self.autocast:
+                    _, loss = self.model(*batch)
+                self.backward(loss * weight * self.world)  # times world: DDP averages the ranks' gradients
+            loss_sum += loss.detach().float() * weight
+        grad_norm = self.clip_gradients()
+        if self.gradients_finite(grad_norm):
+            self.optimizer_step()
+        self.scaler.update()
+        self.zero_grad()
+        return loss_sum, total_targets, grad_norm
+
+    def set_learning_rate(self, lr):
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group['lr'] = lr
+
+    def micro_batches(self):
+        """(this rank's micro-batches as (is the last, batch, weight), the global batch's target tokens).
+        The global batch is drawn whole, the same on every rank; each rank takes its share. Each
+        micro-batch counts by its share of the global batch's target tokens. A batch is read when
+        the loop asks for it, while the device still works on the previous one."""
+        cfg = self.cfg
+        rows = self.data.sample('train', cfg.batch_size * cfg.gradient_accumulation_steps, self.data_rng)
+        total_targets = self.data.num_targets('train', rows)
+        my_rows = rows.view(cfg.gradient_accumulation_steps, cfg.batch_size)[
+            self.rank * self.accum:(self.rank + 1) * self.accum]
+
+        def batches():
+            for micro_step, micro_rows in enumerate(my_rows):
+                weight = self.data.num_targets('train', micro_rows) / total_targets
+                yield micro_step == self.accum - 1, self.data.batch('train', micro_rows), weight
+        return batches(), total_targets
+
+    def gradient_sync(self, last):
+        """DDP: all-reduce the gradients only in the last micro-step's backward; the others accumulate."""
+        return self.model.no_sync() if self.ddp and not last else nullcontext()
+
+    def backward(self, loss):
+        """float16: the loss scaled up so that small gradients do not underflow (unscaled before clipping)."""
+        self.scaler.scale(loss).backward()
+
+    def clip_gradients(self):
+        """Clip the gradients to norm grad_clip (0: no clipping). Returns their norm before clipping."""
+        for opt in self.optimizers:
+            self.scaler.unscale_(opt)
+        return torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.cfg.grad_clip or float('inf')).item()
+
+    def gradients_finite(self, grad_norm):
+        """False for a NaN or inf in the loss or gradients: that step is skipped rather than ruin the
+        weights. max_skipped_steps of them in a row stop the run."""
+        if math.isfinite(grad_norm):
+            self.bad_in_a_row = 0
+            return True
+        self.skipped += 1
+        self.bad_in_a_row += 1
+        # iter_num + 1: the number this step gets in the "iter N: loss" lines
+        self.log(f"iter {self.iter_num + 1}: non-finite gradient norm, step skipped ({self.skipped} so far)")
+        if self.bad_in_a_row >= self.cfg.max_skipped_steps:
+            raise UserError(f"training diverged: {self.bad_in_a_row} non-finite steps in a row at iteration "
+                            f"{self.iter_num + 1}; the last checkpoint in {self.cfg.out_dir} is kept. Lower the "
+                            f"learning_rate or resume from it")
+        return False
+
+    def optimizer_step(self):
+        for opt in self.optimizers:
+            self.scaler.step(opt)
+
+    def zero_grad(self):
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+
+    # -------------------------------------------------------------------------
+    # Evaluation
+
+    def all_sum(self, tensor):
+        if self.ddp:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    @torch.no_grad()
+    def estimate_loss(self):
+        """Loss per target token over eval_iters batches per split: the same batches at every eval,
+        shared out among the ranks (batches of sentence pairs count by their number of target tokens)."""
+        cfg = self.cfg
+        self.model.eval()
+        out = {}
+        for split in ('train', 'val'):
+            rows = self.data.sample(split, cfg.eval_iters * cfg.batch_size, torch.Generator().manual_seed(cfg.seed + 1))
+            loss_sum = torch.zeros((), device=self.device)
+            for batch_rows in rows.view(cfg.eval_iters, cfg.batch_size)[self.rank::self.world]:
+                with self.autocast:
+                    _, loss = self.model(*self.data.batch(split, batch_rows))
+                loss_sum += loss.float() * self.data.num_targets(split, batch_rows)
+            out[split] = self.all_sum(loss_sum).item() / self.data.num_targets(split, rows)
+        self.model.train()
+        return out
+
+    @torch.no_grad()
+    def bleu(self):
+        """BLEU (sacreBLEU, detokenized) of greedy translations of the first validation sentences."""
+        try:
+            import sacrebleu
+        except ImportError:
+            raise UserError("BLEU needs sacrebleu: pip install sacrebleu") from None
+        data_dir = data_folder(self.cfg)
+        with open(os.path.join(data_dir, 'val.de.txt')) as f:
+            sources = f.read().splitlines()[:self.cfg.bleu_sentences]
+        with open(os.path.join(data_dir, 'val.en.txt')) as f:
+            references = f.read().splitlines()[:self.cfg.bleu_sentences]
+        self.raw_model.eval()
+        with self.autocast:
+            hypotheses = generate.translate(self.raw_model, sources, tokenizer_from_meta(self.meta), device=self.device)
+        self.raw_model.train()
+        return sacrebleu.corpus_bleu(hypotheses, [references]).score
+
+    def evaluate_and_save(self):
+        cfg = self.cfg
+        losses = self.estimate_loss()
+        bleu = self.bleu() if cfg.model_type == 'seq2seq' and self.master and cfg.bleu_sentences > 0 else None
+        line = f"step {self.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+        self.log(line + (f", val bleu {bleu:.2f}" if bleu is not None else ""))
+        self.record(train_loss=losses['train'], val_loss=losses['val'], lr=self.lr,
+                    **({'bleu': bleu} if bleu is not None else {}))
+        if losses['val'] < self.best_val_loss or cfg.always_save_checkpoint:
+            self.best_val_loss = min(self.best_val_loss, losses['val'])
+            if self.iter_num > 0 and not cfg.eval_only:  # evaluating a checkpoint must not rewrite it
+                self.save()
+
+    # -------------------------------------------------------------------------
+    # Checkpoints
+
+    def tokenizer_state(self):
+        if self.cfg.init_from.startswith('gpt2') or self.meta is None:
+            return TiktokenTokenizer('gpt2').state()
+        return tokenizer_from_meta(self.meta).state()
+
+    def checkpoint(self):
+        """Everything that decides what comes next, so that a resumed run continues exactly."""
+        rng = [None] * self.world
+        if self.ddp:
+            dist.all_gather_object(rng, rng_state())
+        else:
+            rng = [rng_state()]
+        return {
+            'model': self.raw_model.state_dict(), 'optimizer': [opt.state_dict() for opt in self.optimizers],
+            'scaler': self.scaler.state_dict(), 'model_type': self.cfg.model_type, 'model_args': self.model_args,
+            'iter_num': self.iter_num, 'best_val_loss': self.best_val_loss, 'config': self.config,
+            'tokenizer': self.tokenizer_state(), 'rng': rng, 'data_rng': self.data_rng.get_state(),
+            'skipped_steps': self.skipped, 'elapsed': self.elapsed,
+            'wandb_id': self.wandb.id if self.wandb is not None else None,
+        }
+
+    def save(self):
+        checkpoint = self.checkpoint()  # every rank takes part: it gathers their RNG states
+        if self.master:
+            save_checkpoint(checkpoint, self.cfg.out_dir, self.cfg.keep_last)
+            print(f"saving checkpoint to {self.cfg.out_dir}", flush=True)
+
+    # -------------------------------------------------------------------------
+    # Logging
 
     def log(self, message):
         if self.master:
@@ -370,180 +584,26 @@ class Trainer:
         if self.wandb is not None:
             self.wandb.log(metrics, step=self.iter_num)
 
-    def all_sum(self, tensor):
-        if self.ddp:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor
-
-    @torch.no_grad()
-    def estimate_loss(self):
-        """Loss per target token over eval_iters batches per split: the same batches at every eval,
-        shared out among the ranks (batches of sentence pairs count by their number of target tokens)."""
-        self.model.eval()
-        out = {}
-        for split in ('train', 'val'):
-            rows = self.data.sample(split, eval_iters * batch_size, torch.Generator().manual_seed(seed + 1))
-            loss_sum = torch.zeros((), device=self.device)
-            for batch_rows in rows.view(eval_iters, batch_size)[self.rank::self.world]:
-                with self.autocast:
-                    _, loss = self.model(*self.data.batch(split, batch_rows))
-                loss_sum += loss.float() * self.data.num_targets(split, batch_rows)
-            out[split] = self.all_sum(loss_sum).item() / self.data.num_targets(split, rows)
-        self.model.train()
-        return out
-
-    @torch.no_grad()
-    def bleu(self):
-        """BLEU (sacreBLEU, detokenized) of greedy translations of the first validation sentences."""
-        try:
-            import sacrebleu
-        except ImportError:
-            raise UserError("BLEU needs sacrebleu: pip install sacrebleu") from None
-        data_dir = data_folder()
-        with open(os.path.join(data_dir, 'val.de.txt')) as f:
-            sources = f.read().splitlines()[:bleu_sentences]
-        with open(os.path.join(data_dir, 'val.en.txt')) as f:
-            references = f.read().splitlines()[:bleu_sentences]
-        self.raw_model.eval()
-        with self.autocast:
-            hypotheses = self.raw_model.translate(sources, tokenizer_from_meta(self.meta), device=self.device)
-        self.raw_model.train()
-        return sacrebleu.corpus_bleu(hypotheses, [references]).score
-
-    def checkpoint(self):
-        """Everything that decides what comes next, so that a resumed run continues exactly."""
-        rng = [None] * self.world
-        if self.ddp:
-            dist.all_gather_object(rng, rng_state())
-        else:
-            rng = [rng_state()]
-        return {
-            'model': self.raw_model.state_dict(), 'optimizer': [opt.state_dict() for opt in self.optimizers],
-            'scaler': self.scaler.state_dict(), 'model_type': model_type, 'model_args': self.model_args,
-            'iter_num': self.iter_num, 'best_val_loss': self.best_val_loss, 'config': self.config,
-            'tokenizer': self.tokenizer_state(), 'rng': rng, 'data_rng': self.data_rng.get_state(),
-            'skipped_steps': self.skipped, 'elapsed': self.elapsed,
-            'wandb_id': self.wandb.id if self.wandb is not None else None,
-        }
-
-    def save(self):
-        checkpoint = self.checkpoint()  # every rank takes part: it gathers their RNG states
-        if self.master:
-            save_checkpoint(checkpoint, out_dir, keep_last)
-            print(f"saving checkpoint to {out_dir}", flush=True)
-
-    def evaluate_and_save(self):
-        losses = self.estimate_loss()
-        bleu = self.bleu() if model_type == 'seq2seq' and self.master and bleu_sentences > 0 else None
-        line = f"step {self.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-        self.log(line + (f", val bleu {bleu:.2f}" if bleu is not None else ""))
-        self.record(train_loss=losses['train'], val_loss=losses['val'], lr=self.lr,
-                    **({'bleu': bleu} if bleu is not None else {}))
-        if losses['val'] < self.best_val_loss or always_save_checkpoint:
-            self.best_val_loss = min(self.best_val_loss, losses['val'])
-            if self.iter_num > 0 and not eval_only:  # evaluating a checkpoint must not rewrite it
-                self.save()
-
-    def should_stop(self):
-        """(stop signal, time is up), agreed on by all ranks: rank 0's clock decides."""
-        stop = stop_signal is not None
-        if self.ddp:
-            flags = torch.tensor([float(stop), self.elapsed if self.master else 0.0], dtype=torch.float64,
-                                 device=self.device)
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-            stop, self.elapsed = bool(flags[0].item()), flags[1].item()
-        return stop, max_time > 0 and self.elapsed >= max_time
-
-    def train_step(self):
-        """One optimizer step over the global batch. Returns the mean loss on this rank's share, weighted
-        so that the sum over ranks is the mean loss of the whole global batch."""
-        for opt in self.optimizers:
-            for group in opt.param_groups:
-                group['lr'] = self.lr
-        rows = self.data.sample('train', batch_size * gradient_accumulation_steps, self.data_rng)
-        total_targets = self.data.num_targets('train', rows)
-        my_rows = rows.view(gradient_accumulation_steps, batch_size)[self.rank * self.accum:(self.rank + 1) * self.accum]
-        batch = self.data.batch('train', my_rows[0])
-        loss_sum = torch.zeros((), device=self.device)
-        for micro_step, micro_rows in enumerate(my_rows):
-            # each micro-batch counts by its share of the global batch's target tokens;
-            # times world size because DDP averages the ranks' gradients
-            weight = self.data.num_targets('train', micro_rows) / total_targets
-            if self.ddp:  # synchronise gradients only once, after the last micro-step
-                self.model.require_backward_grad_sync = micro_step == self.accum - 1
-            with self.autocast:
-                _, loss = self.model(*batch)
-            if micro_step + 1 < self.accum:  # read the next batch while the GPU works
-                batch = self.data.batch('train', my_rows[micro_step + 1])
-            self.scaler.scale(loss * weight * self.world).backward()
-            loss_sum += loss.detach().float() * weight
-        for opt in self.optimizers:
-            self.scaler.unscale_(opt)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), grad_clip or float('inf')).item()
-        if math.isfinite(grad_norm):
-            for opt in self.optimizers:
-                self.scaler.step(opt)
-            self.bad_in_a_row = 0
-        else:  # a NaN or inf in the loss or gradients: skip this step rather than ruin the weights
-            self.skipped += 1
-            self.bad_in_a_row += 1
-            # iter_num + 1: the number this step gets in the "iter N: loss" lines
-            self.log(f"iter {self.iter_num + 1}: non-finite gradient norm, step skipped ({self.skipped} so far)")
-            if self.bad_in_a_row >= max_skipped_steps:
-                raise UserError(f"training diverged: {self.bad_in_a_row} non-finite steps in a row at iteration "
-                                f"{self.iter_num + 1}; the last checkpoint in {out_dir} is kept. Lower the learning_rate "
-                                f"or resume from it")
-        self.scaler.update()
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
-        return loss_sum, total_targets, grad_norm
-
-    def run(self):
-        self.bad_in_a_row, running_mfu, local_iter, step_time = 0, -1.0, 0, 0.0
-        self.lr = get_lr(self.iter_num, self.elapsed)
-        start = time.time() - self.elapsed
-        while True:
-            if self.master:
-                self.elapsed = time.time() - start
-            stop, time_up = self.should_stop()
-            self.lr = get_lr(self.iter_num, self.elapsed)
-            if stop:  # preempted or interrupted: save where we are, exit cleanly
-                self.log(f"signal received: saving at iteration {self.iter_num} and exiting")
-                self.save()
-                break
-            last = self.iter_num >= max_iters or time_up
-            if self.iter_num % eval_interval == 0 or last or eval_only:
-                self.evaluate_and_save()
-            if last or eval_only:
-                break
-            t0 = time.time()
-            loss_sum, tokens, grad_norm = self.train_step()  # tokens: targets in the global batch
-            step_time += time.time() - t0  # evals left out
-            self.iter_num += 1
-            local_iter += 1
-            if self.iter_num % log_interval == 0:
-                dt, step_time = step_time / log_interval, 0.0
-                lossf = self.all_sum(loss_sum).item()
-                mfu = self.raw_model.estimate_mfu(tokens, dt, self.peak)
-                running_mfu = mfu if local_iter <= log_interval else 0.9 * running_mfu + 0.1 * mfu
-                self.log(f"iter {self.iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, "
-                         f"{tokens / dt:,.0f} tok/s, mfu {running_mfu * 100:.2f}%")
-                self.record(loss=lossf, lr=self.lr, grad_norm=grad_norm, ms_per_iter=dt * 1000,
-                            tokens_per_sec=tokens / dt, mfu=running_mfu)
-        if self.wandb is not None:
-            self.wandb.finish()
+    def log_progress(self, loss_sum, tokens, grad_norm, dt, first):
+        """The "iter N: loss" line and its metrics record. dt: seconds per step since the last one;
+        first: the first of this process (the running MFU starts from it)."""
+        lossf = self.all_sum(loss_sum).item()
+        mfu = self.raw_model.estimate_mfu(tokens, dt, self.peak)
+        self.running_mfu = mfu if first else 0.9 * self.running_mfu + 0.1 * mfu
+        self.log(f"iter {self.iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, "
+                 f"{tokens / dt:,.0f} tok/s, mfu {self.running_mfu * 100:.2f}%")
+        self.record(loss=lossf, lr=self.lr, grad_norm=grad_norm, ms_per_iter=dt * 1000,
+                    tokens_per_sec=tokens / dt, mfu=self.running_mfu)
 
 
 def main(argv=None):
     global stop_signal
-    config, explicit = configure(DEFAULTS, argv)
-    globals().update(config)
-    validate_settings()
+    config, explicit = configure(DEFAULTS, argv, sources=[__file__])
+    cfg = Settings(**config)
     stop_signal = None
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        trainer = Trainer(config, explicit)
-        trainer.run()
+        Trainer(cfg, explicit).run()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -11,10 +11,8 @@
 #   the same at batch 64 instead of 32                                   3.06 / 14.2
 # The full 55 minutes on a 2-core AVX512-BF16 CPU: 7,127 steps, val loss 1.62, test_2016_flickr
 # sacreBLEU 39.95 with beam 4 (39.20 greedy); 7.6M parameters.
-from model import cpu_has_bf16
 
-# AVX512-BF16 or AMX: bf16 matmuls are ~2x faster; otherwise float32 is faster
-dtype = 'bfloat16' if cpu_has_bf16() else 'float32'
+dtype = 'auto'  # bf16 on a CPU with AVX512-BF16 or AMX (~2x faster matmuls), float32 on other CPUs (faster there)
 
 out_dir = 'out-multi30k-cpu'
 dataset = 'multi30k'  # prepared on first use: joint German+English BPE of 8000 tokens

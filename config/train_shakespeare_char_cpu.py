@@ -4,14 +4,12 @@
 # What buys the loss, each measured at equal wall time (see README, "Speed"):
 # rotary positions + RMSNorm + ReLU^2, Muon at a high learning rate and low momentum, QK-norm (which keeps the
 # high learning rate stable), and bf16 matmuls (with float32 attention) where the CPU has bf16 units.
-from model import cpu_has_bf16
 
 out_dir = 'out-shakespeare-char-cpu'
 dataset = 'shakespeare_char'
 device = 'cpu'
 compile = False  # on a CPU, compiling costs 20-40 s: more than ~12% faster steps win back in two minutes
-# AVX512-BF16 or AMX: bf16 matmuls are ~2x faster; otherwise float32 is faster
-dtype = 'bfloat16' if cpu_has_bf16() else 'float32'
+dtype = 'auto'  # bf16 on a CPU with AVX512-BF16 or AMX (~2x faster matmuls), float32 on other CPUs (faster there)
 
 max_time = 115.0  # seconds of training, evaluations included; the learning rate decays over it
 max_iters = 100000  # the clock ends the run

@@ -6,8 +6,9 @@ import pytest
 import bench
 from configurator import UserError
 
-TINY = ['--device=cpu', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=16', '--batch_size=4',
-        '--gradient_accumulation_steps=2', '--warmup_steps=1', '--measure_steps=2', '--sample_tokens=40']
+TINY = ['--device=cpu', '--dtype=float32', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=16',
+        '--batch_size=4', '--gradient_accumulation_steps=2', '--warmup_steps=1', '--measure_steps=2',
+        '--sample_tokens=40']
 TRAINING_KEYS = {'tokens_per_iter', 'ms_per_iter', 'tokens_per_sec', 'mfu', 'peak_flops', 'peak_memory_mib'}
 SAMPLING_KEYS = {'sample_cache_tokens_per_sec', 'sample_no_cache_tokens_per_sec', 'sample_cache_speedup'}
 

@@ -1,4 +1,5 @@
 """configurator.configure: --key=value flags (literals, never executed), config files, errors."""
+import re
 import subprocess
 import sys
 
@@ -97,3 +98,68 @@ def test_every_shipped_config_sets_only_known_settings_of_the_right_types(path):
     import train
     settings, explicit = configure(train.DEFAULTS, [str(path)])
     assert explicit and explicit <= set(train.DEFAULTS)
+
+
+# ---------------------------------------------------------------------------
+# --help
+
+def script_settings(script):
+    """(defaults, the source files that define them) of a script's settings."""
+    import importlib
+    module = importlib.import_module(script)
+    if script == 'bench':
+        return {**module.train.DEFAULTS, **module.BENCH_DEFAULTS}, [ROOT / 'bench.py', ROOT / 'train.py']
+    return module.DEFAULTS, [ROOT / f'{script}.py']
+
+
+def trailing_comments(paths, names):
+    """{setting: its trailing comment} read from the `name = value  # comment` (or `name=value,  # comment`)
+    lines above a file's first function or class."""
+    comments = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            if line.startswith(('def ', 'class ')):
+                break
+            match = re.match(r'^\s*(\w+)\s*=[^#]*#\s*(.*)$', line)
+            if match and match[1] in names and match[1] not in comments:
+                comments[match[1]] = match[2]
+    return comments
+
+
+@pytest.mark.parametrize('script', ['train', 'sample', 'bench', 'export'])
+def test_help_lists_every_setting_with_its_default_and_comment(script, capsys):
+    from test_train import run_script
+    defaults, sources = script_settings(script)
+    module = sys.modules[script]
+    status, out, err = run_script(capsys, module.main, ['--help'])
+    assert status == 0 and err == ''
+    lines = out.splitlines()
+    comments = trailing_comments(sources, defaults)
+    assert len(comments) >= min(2, len(defaults))  # the check below means something
+    for name, default in defaults.items():
+        line = next((line for line in lines if line.startswith(f'  --{name}=')), None)
+        assert line is not None, name
+        assert line.startswith(f'  --{name}={default!r}'), line
+        if name in comments:
+            assert line.rstrip().endswith(f'# {comments[name]}'), (name, line)
+
+
+def test_help_groups_settings_under_the_section_comments_of_the_file(capsys):
+    from test_train import run_script
+    import bench
+    status, out, _ = run_script(capsys, bench.main, ['--help', '--no_such_setting=1'])  # --help wins
+    assert status == 0
+    lines = out.splitlines()
+    sections = [line for line in lines if line.startswith('# ')]
+    assert sections[:4] == ['# benchmark', '# I/O', '# wandb logging', '# data']
+    assert '# learning rate schedule: linear warmup, then a cosine (or linear) decay to min_lr' in sections
+    assert lines.index('# model') < lines.index("  --n_layer=4") < lines.index('# optimizer')
+    assert lines.index('# benchmark') < next(i for i, line in enumerate(lines) if line.startswith('  --warmup_steps=5'))
+
+
+def test_help_on_the_command_line_exits_with_status_0():
+    result = subprocess.run([sys.executable, 'train.py', '--help'], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and result.stderr == ''
+    assert result.stdout.startswith('usage: python train.py')
+    assert "  --eval_iters=20                     # batches per split in each evaluation" in result.stdout.splitlines()

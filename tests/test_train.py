@@ -28,9 +28,9 @@ STEP_LINE = re.compile(r'^step (\d+): train loss (\d+\.\d{4}), val loss (\d+\.\d
 
 def tiny_args(data_dir, out_dir, **overrides):
     """train.py flags for a model small enough to train in seconds on a CPU."""
-    settings = dict(dataset=str(data_dir), out_dir=str(out_dir), device='cpu', n_layer=2, n_head=2, n_embd=32,
-                    block_size=32, batch_size=4, eval_iters=2, eval_interval=10, log_interval=1, max_iters=10,
-                    dropout=0.0)
+    settings = dict(dataset=str(data_dir), out_dir=str(out_dir), device='cpu', dtype='float32', n_layer=2, n_head=2,
+                    n_embd=32, block_size=32, batch_size=4, eval_iters=2, eval_interval=10, log_interval=1,
+                    max_iters=10, dropout=0.0)
     settings.update(overrides)
     return [f'--{key}={value}' for key, value in settings.items()]
 
@@ -89,19 +89,18 @@ def test_rows_are_drawn_by_the_seeded_generator(shakespeare_char_dir):
 
 
 @pytest.mark.parametrize('schedule', ['cosine', 'linear'])
-def test_learning_rate_warms_up_then_decays_to_min_lr(monkeypatch, schedule):
-    settings = dict(decay_lr=True, lr_schedule=schedule, learning_rate=1.0, min_lr=0.1, warmup_iters=10,
-                    lr_decay_iters=110, max_time=0.0)
-    for key, value in settings.items():
-        monkeypatch.setattr(train, key, value)
+def test_learning_rate_warms_up_then_decays_to_min_lr(schedule):
+    settings = dict(train.DEFAULTS, decay_lr=True, lr_schedule=schedule, learning_rate=1.0, min_lr=0.1,
+                    warmup_iters=10, lr_decay_iters=110, max_time=0.0)
+    cfg = train.Settings(**settings)
     three_quarters = 0.25 if schedule == 'linear' else 0.5 * (1 + math.cos(0.75 * math.pi))
-    assert train.get_lr(0, 0.0) == pytest.approx(1 / 11)
-    assert train.get_lr(10, 0.0) == 1.0
-    assert train.get_lr(60, 0.0) == pytest.approx(0.55)  # both shapes are halfway at the middle
-    assert train.get_lr(85, 0.0) == pytest.approx(0.1 + 0.9 * three_quarters)
-    assert train.get_lr(500, 0.0) == 0.1
-    monkeypatch.setattr(train, 'max_time', 200.0)  # with a time budget the decay follows the clock
-    assert train.get_lr(60, 150.0) == pytest.approx(0.1 + 0.9 * three_quarters)
+    assert train.get_lr(cfg, 0, 0.0) == pytest.approx(1 / 11)
+    assert train.get_lr(cfg, 10, 0.0) == 1.0
+    assert train.get_lr(cfg, 60, 0.0) == pytest.approx(0.55)  # both shapes are halfway at the middle
+    assert train.get_lr(cfg, 85, 0.0) == pytest.approx(0.1 + 0.9 * three_quarters)
+    assert train.get_lr(cfg, 500, 0.0) == 0.1
+    timed = train.Settings(**{**settings, 'max_time': 200.0})  # with a time budget the decay follows the clock
+    assert train.get_lr(timed, 60, 150.0) == pytest.approx(0.1 + 0.9 * three_quarters)
 
 
 def test_short_run_logs_in_nanogpt_format_and_learns(shakespeare_char_dir, tmp_path, capsys):
@@ -217,7 +216,7 @@ def test_eval_only_on_a_resumed_checkpoint_leaves_it_unchanged(shakespeare_char_
 def test_kept_freed_memory_stops_training_steps_from_page_faulting():
     # in a fresh process: the setting is process-wide, and glibc's thresholds adapt to earlier allocations
     code = """
-import resource, torch, train
+import resource, torch, device
 from model import GPT, GPTConfig
 torch.set_num_threads(1)
 model = GPT(GPTConfig(vocab_size=64, block_size=64, n_layer=2, n_head=2, n_embd=64))
@@ -229,7 +228,7 @@ def faults_per_step(steps=5):
         model(x, x)[1].backward()
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / steps
 before = faults_per_step()
-assert train.keep_freed_memory()
+assert device.keep_freed_memory()
 print(before, faults_per_step())
 """
     result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120)
