@@ -1,5 +1,5 @@
 """
-Training batches from prepared datasets (see prepare/), for both model kinds.
+Training batches from prepared datasets (see prepare/), for every model kind.
 
 A dataset draws the rows of a whole *global* batch (every micro-step of every rank) from
 one seeded generator, and each rank then takes its share. The batches a run sees are
@@ -130,3 +130,176 @@ class SentencePairs(Batches):
             tgt_in[r, 0], tgt_in[r, 1:len(t) + 1] = self.bos_id, t
             targets[r, :len(t)], targets[r, len(t)] = t, self.eos_id
         return self.to_device(src, tgt_in, targets)
+
+
+# ---------------------------------------------------------------------------
+# Encoder data: masked language modelling and sentence classification
+
+
+class Sentences:
+    """One split of sentence data: `{split}.bin`, the ids of all sentences concatenated, and
+    `{split}.idx`, int64 offsets: sentence i is ids[idx[i]:idx[i+1]]."""
+
+    def __init__(self, data_dir, split, dtype):
+        self.ids = open_tokens(os.path.join(data_dir, f'{split}.bin'), dtype)
+        idx = os.path.join(data_dir, f'{split}.idx')
+        if not os.path.exists(idx):
+            raise UserError(f"{idx} not found: prepare the dataset again with {prepare_command(idx)}")
+        self.offsets = np.fromfile(idx, dtype=np.int64)
+        if len(self.offsets) < 2 or self.offsets[-1] != len(self.ids):
+            raise UserError(f"{idx} does not match {split}.bin: prepare the dataset again with {prepare_command(idx)}")
+
+    def __len__(self):
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i):
+        return self.ids[self.offsets[i]:self.offsets[i + 1]]
+
+    def lengths(self, index):
+        index = np.asarray(index)
+        return self.offsets[index + 1] - self.offsets[index]
+
+
+class EncoderBatches(Batches):
+    """What the encoder's datasets share: sentences framed as [CLS] sentence [SEP] and padded with [PAD]."""
+
+    def __init__(self, data_dir, block_size, device, needs, script):
+        super().__init__(device)
+        meta = load_meta(data_dir)
+        if meta is None or not all(key in meta for key in needs):
+            raise UserError(f"{data_dir}/meta.pkl is missing or is not a dataset of prepare/{script}: "
+                            f"run python prepare/{script}")
+        if block_size < 3:
+            raise UserError(f"block_size must be at least 3 ([CLS], a token, [SEP]), got {block_size}")
+        self.meta, self.block_size = meta, block_size
+        self.pad_id, self.cls_id, self.sep_id = meta['pad_id'], meta['cls_id'], meta['sep_id']
+        self.splits = {split: Sentences(data_dir, split, token_dtype(meta)) for split in ('train', 'val')}
+
+    def framed(self, split, i):
+        """[CLS] sentence i [SEP], the sentence cut to fit block_size, as a long tensor."""
+        sentence = self.splits[split][i][:self.block_size - 2].astype(np.int64)
+        return torch.from_numpy(np.concatenate([[self.cls_id], sentence, [self.sep_id]]))
+
+    def by_length(self, split, rows, index):
+        """rows sorted by the length of their sentences (index[k] is row k's sentence), so that the
+        micro-batches cut from them hold sentences of similar lengths: little padding."""
+        return rows[torch.from_numpy(np.argsort(self.splits[split].lengths(index), kind='stable'))]
+
+    def padded(self, sequences, value):
+        return torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True, padding_value=value)
+
+
+MASK_SEED_BITS = 31  # a masked-LM row is (sentence number << 31) | the seed of its mask: see MaskedSentences
+
+
+def mask_tokens(tokens, generator, mask_prob, mask_id, special_ids, random_ids):
+    """BERT's masking of one sequence (1-D long tensor). Each token that is not special ([CLS], [SEP],
+    [PAD], ...) is chosen with probability mask_prob; a chosen token becomes [MASK] 80% of the time,
+    a random token 10%, and stays itself 10% (so the model must make a guess at every position, not
+    only at [MASK]). Returns (inputs, targets): targets hold the original ids at the chosen
+    positions and -1 elsewhere, so the loss counts only those."""
+    draw = torch.rand(2, len(tokens), generator=generator)
+    replacements = random_ids[torch.randint(len(random_ids), (len(tokens),), generator=generator)]
+    chosen = (draw[0] < mask_prob) & ~torch.isin(tokens, special_ids)
+    inputs = torch.where(chosen & (draw[1] < 0.8), mask_id, tokens)
+    inputs = torch.where(chosen & (draw[1] >= 0.8) & (draw[1] < 0.9), replacements, inputs)
+    return inputs, torch.where(chosen, tokens, -1)
+
+
+class MaskedSentences(EncoderBatches):
+    """Masked-language-model data (prepare/mlm_corpus.py): unlabelled sentences.
+
+    pack_sentences=True: a row is [CLS] s_i [SEP] s_i+1 [SEP] ..., consecutive sentences from a
+    random one on, cut at block_size (RoBERTa's "full sentences": almost no padding).
+    pack_sentences=False: a row is one sentence, [CLS] s_i [SEP], padded to the longest of its
+    micro-batch (the global batch is sorted by length first).
+
+    Dynamic masking: a row is one int64, its sentence number shifted left by 31 bits and a random
+    31-bit seed below, both drawn by sample() from the run's generator. The seed decides the row's
+    mask (mask_tokens), so a sentence gets a fresh mask every time it is drawn, while a resumed run,
+    every rank and num_targets all see the same masks."""
+
+    def __init__(self, data_dir, block_size, device, mask_prob=0.15, pack_sentences=True):
+        super().__init__(data_dir, block_size, device, ('mask_id', 'cls_id', 'sep_id', 'pad_id'), 'mlm_corpus.py')
+        if not 0.0 < mask_prob < 1.0:
+            raise UserError(f"mask_prob must be between 0 and 1, got {mask_prob}")
+        self.mask_prob, self.pack_sentences = mask_prob, pack_sentences
+        self.mask_id = self.meta['mask_id']
+        special = sorted({i for key, i in self.meta.items() if key.endswith('_id')})
+        self.special_ids = torch.tensor(special)
+        self.random_ids = torch.from_numpy(np.setdiff1d(np.arange(self.meta['vocab_size']), special))
+        if pack_sentences:
+            self.streams = {split: self.separated(sentences) for split, sentences in self.splits.items()}
+
+    def separated(self, sentences):
+        """(all sentences in one array, each followed by [SEP]; where each sentence starts in it)."""
+        n = len(sentences)
+        starts = sentences.offsets[:-1] + np.arange(n)  # each earlier sentence adds one [SEP]
+        stream = np.full(len(sentences.ids) + n, self.sep_id, dtype=sentences.ids.dtype)
+        is_token = np.ones(len(stream), dtype=bool)
+        is_token[starts + sentences.lengths(np.arange(n))] = False
+        stream[is_token] = sentences.ids
+        return stream, starts
+
+    def sequence(self, split, i):
+        """Row i's tokens, before masking: packed from sentence i on, or sentence i alone."""
+        if not self.pack_sentences:
+            return self.framed(split, i)
+        stream, starts = self.streams[split]
+        window = stream[starts[i]:starts[i] + self.block_size - 1].astype(np.int64)
+        return torch.from_numpy(np.concatenate([[self.cls_id], window]))
+
+    def sample(self, split, n_rows, generator):
+        index = torch.randint(len(self.splits[split]), (n_rows,), generator=generator)
+        seeds = torch.randint(2 ** MASK_SEED_BITS, (n_rows,), generator=generator)
+        rows = index << MASK_SEED_BITS | seeds
+        return rows if self.pack_sentences else self.by_length(split, rows, index.numpy())
+
+    def masked(self, split, rows):
+        """Each row's (inputs, targets), masked by its own seed."""
+        out = []
+        for row in rows.tolist():
+            generator = torch.Generator().manual_seed(row & (2 ** MASK_SEED_BITS - 1))
+            out.append(mask_tokens(self.sequence(split, row >> MASK_SEED_BITS), generator, self.mask_prob,
+                                   self.mask_id, self.special_ids, self.random_ids))
+        return out
+
+    def num_targets(self, split, rows):
+        return sum(int((targets != -1).sum()) for _, targets in self.masked(split, rows))
+
+    def batch(self, split, rows):
+        """rows -> (inputs, targets), both (len(rows), longest row): inputs with the masks applied,
+        targets the original ids at the chosen positions and -1 elsewhere (padding included)."""
+        inputs, targets = zip(*self.masked(split, rows))
+        return self.to_device(self.padded(inputs, self.pad_id), self.padded(targets, -1))
+
+
+class LabelledSentences(EncoderBatches):
+    """Sentence classification data (prepare/sst2.py): a row is [CLS] sentence [SEP], padded to the
+    longest of its micro-batch (the global batch is sorted by length first); its target is the
+    sentence's class number, from `{split}.labels` (int64; meta['label_names'] names them)."""
+
+    def __init__(self, data_dir, block_size, device):
+        super().__init__(data_dir, block_size, device, ('n_classes', 'label_names', 'cls_id', 'sep_id', 'pad_id'),
+                         'sst2.py')
+        self.n_classes, self.label_names = self.meta['n_classes'], self.meta['label_names']
+        self.labels = {}
+        for split, sentences in self.splits.items():
+            path = os.path.join(data_dir, f'{split}.labels')
+            labels = np.fromfile(path, dtype=np.int64) if os.path.exists(path) else np.zeros(0, dtype=np.int64)
+            if len(labels) != len(sentences):
+                raise UserError(f"{path} has {len(labels)} labels for {len(sentences)} sentences: "
+                                f"prepare the dataset again with {prepare_command(path)}")
+            self.labels[split] = torch.from_numpy(labels)
+
+    def sample(self, split, n_rows, generator):
+        rows = torch.randint(len(self.splits[split]), (n_rows,), generator=generator)
+        return self.by_length(split, rows, rows.numpy())
+
+    def num_targets(self, split, rows):
+        return len(rows)
+
+    def batch(self, split, rows):
+        """rows: sentence numbers -> (tokens (len(rows), longest), labels (len(rows),))."""
+        tokens = self.padded([self.framed(split, i) for i in rows.tolist()], self.pad_id)
+        return self.to_device(tokens, self.labels[split][rows])

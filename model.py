@@ -646,3 +646,115 @@ class Seq2SeqTransformer(TransformerModel):
         if beam_size == 1:
             return generate.greedy_decode(self, src, max_new_tokens, use_cache)
         return generate.beam_search(self, src, max_new_tokens, beam_size, length_penalty, use_cache)
+
+
+# ---------------------------------------------------------------------------
+# Encoder-only Transformer (BERT-style): masked-language-model pretraining, then classification
+
+
+class MaskedLMHead(nn.Module):
+    """Vectors -> logits over the vocabulary, to guess the masked tokens: a dense layer, GELU and a
+    norm (BERT's and RoBERTa's transform), then the output matrix (tied to the token embedding) and a bias."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.norm = make_norm(config)
+        self.decoder = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size)) if config.bias else None
+
+    def forward(self, x):
+        logits = self.decoder(self.norm(F.gelu(self.dense(x))))
+        return logits if self.bias is None else logits + self.bias
+
+
+class ClassifierHead(nn.Module):
+    """The [CLS] position's vector -> logits over the classes: a dense layer with tanh (BERT's pooler,
+    RoBERTa's classification head), dropout, and a projection to n_classes."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+        self.out_proj = nn.Linear(config.n_embd, config.n_classes, bias=config.bias)
+
+    def forward(self, x):
+        """x: (B, T, C) the encoder's output -> (B, n_classes), from position 0 only."""
+        x = self.dropout(x[:, 0])
+        return self.out_proj(self.dropout(torch.tanh(self.dense(x))))
+
+
+class Encoder(TransformerModel):
+    """Reads the whole sequence at once: every position attends to every other non-padding position,
+    before and after it (a GPT position sees only the past). Pretrained as a masked-language model:
+    some tokens are hidden and each is guessed from both sides. Fine-tuned as a classifier: the vector
+    of [CLS], first in every sequence, gathers the sentence and is mapped to n_classes logits.
+    One head at a time: the masked-LM head (n_classes=0) or the classifier (n_classes>0)."""
+
+    HEADS = ('mlm_head.', 'classifier.')  # parameter names of the heads: the rest is the body
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = PositionalEncoding(config, config.block_size)
+        self.emb_scale = embedding_scale(config)
+        self.emb_norm = make_norm(config)  # BERT and RoBERTa normalise the embeddings before the first block
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList([Block(config, causal=False) for _ in range(config.n_layer)])
+        self.ln_f = make_norm(config)
+        if config.n_classes:
+            self.classifier = ClassifierHead(config)
+        else:
+            self.mlm_head = MaskedLMHead(config)
+            if config.tie_embeddings:
+                self.mlm_head.decoder.weight = self.wte.weight
+        self.init_weights(n_residual_layers=2 * config.n_layer)
+
+    def output_heads(self):
+        return [self.classifier.out_proj if self.config.n_classes else self.mlm_head.decoder]
+
+    def flops_per_token(self):
+        return 6 * self.get_num_params() + self.attention_flops_per_token(self.config.block_size)
+
+    def encode(self, tokens):
+        """tokens: (B, T) right-padded ids, [CLS] first -> (B, T, C): each position's vector, computed
+        from the whole sequence, padding left out. Computed positions (sinusoidal, rope) read longer
+        sequences than block_size; learned ones cannot."""
+        if self.config.pos_emb == 'learned' and tokens.size(1) > self.config.block_size:
+            raise ValueError(f"sequence of {tokens.size(1)} tokens is longer than block_size {self.config.block_size} "
+                             f"(learned positions): crop it")
+        return self.run_stack(tokens, self.wte, self.wpe, self.h, self.ln_f, input_norm=self.emb_norm,
+                              mask=padding_mask(tokens, self.config.pad_id))
+
+    def forward(self, tokens, targets=None):
+        """A masked-language model: targets (B, T) hold the original ids at the positions chosen for
+        the loss and -1 elsewhere -> (logits (N, vocab) of the N chosen positions, in row-major order,
+        their mean cross-entropy). Without targets: (logits (B, T, vocab) of every position, None).
+        A classifier: targets (B,) class numbers -> (logits (B, n_classes), cross-entropy); without: (logits, None)."""
+        x = self.encode(tokens)
+        if self.config.n_classes:
+            logits = self.classifier(x)
+            return logits, None if targets is None else F.cross_entropy(logits, targets)
+        if targets is None:
+            return self.mlm_head(x), None
+        chosen = targets != -1
+        logits = self.mlm_head(x[chosen])  # only where there is a token to guess: ~15% of the head's work
+        # the mean over the chosen tokens; a batch with none has loss 0, not 0/0
+        loss = F.cross_entropy(logits, targets[chosen], reduction='sum') / chosen.sum().clamp(min=1)
+        return logits, loss
+
+    def count_correct(self, logits, targets):
+        """How many of forward's predictions (the argmax of its logits) are right: for the accuracy."""
+        if not self.config.n_classes:
+            targets = targets[targets != -1]
+        return (logits.argmax(dim=-1) == targets).sum()
+
+    def load_body(self, state_dict):
+        """Load another encoder's weights but not its head (a masked-language model's into a classifier,
+        for fine-tuning): the body's weights must all be there; this model's head keeps its fresh start."""
+        body = {name: w for name, w in state_dict.items() if not name.startswith(self.HEADS)}
+        missing, unexpected = self.load_state_dict(body, strict=False)
+        missing = [name for name in missing if not name.startswith(self.HEADS)]
+        if missing or unexpected:
+            raise ValueError(f"not the body of an encoder like this one: missing {missing}, unexpected {unexpected}")

@@ -1,6 +1,6 @@
 """Turning text into token ids and back.
 
-Three tokenizers share one small interface:
+Four tokenizers share one small interface:
 
     vocab_size       number of distinct token ids
     encode(text)     -> list[int]
@@ -97,34 +97,46 @@ def _import_tokenizers():
 class SubwordTokenizer:
     """A BPE vocabulary trained with Hugging Face `tokenizers`, kept as its JSON string."""
 
+    KIND = 'subword'  # state()['kind']
     SPECIAL_TOKENS = ('<pad>', '<bos>', '<eos>', '<unk>')  # ids 0, 1, 2, 3 in a trained vocabulary
+    SPECIAL_NAMES = ('pad', 'bos', 'eos', 'unk')  # their ids are self.pad_id, self.bos_id, ...
+    LOWERCASE = False  # case is kept (BLEU is case-sensitive)
+    LSTRIP_TOKENS = ()  # special tokens that take the space before them
 
     def __init__(self, tokenizer_json):
         tokenizers = _import_tokenizers()
         self.tokenizer_json = tokenizer_json
         self._tokenizer = tokenizers.Tokenizer.from_str(tokenizer_json)
         self.vocab_size = self._tokenizer.get_vocab_size()
-        self.pad_id, self.bos_id, self.eos_id, self.unk_id = (
-            self._tokenizer.token_to_id(token) for token in self.SPECIAL_TOKENS)
+        for name, token in zip(self.SPECIAL_NAMES, self.SPECIAL_TOKENS):
+            setattr(self, f'{name}_id', self._tokenizer.token_to_id(token))
 
     @classmethod
     def train(cls, lines, vocab_size, show_progress=False):
         """Learn a BPE vocabulary of at most `vocab_size` tokens from an iterable of sentences.
 
-        Case is kept (BLEU is case-sensitive). NFKC folds look-alike characters
-        (e.g. a no-break space becomes a space). The Metaspace pre-tokenizer
-        marks each space as '▁', so the decoder can restore the spacing and
-        decode returns clean text.
+        NFKC folds look-alike characters (e.g. a no-break space becomes a space), then the
+        text is lowercased if the class says so. The Metaspace pre-tokenizer marks each space
+        as '▁', so the decoder can restore the spacing and decode returns clean text.
         """
         tokenizers = _import_tokenizers()
-        tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token='<unk>'))
-        tokenizer.normalizer = tokenizers.normalizers.NFKC()
+        unk = cls.SPECIAL_TOKENS[cls.SPECIAL_NAMES.index('unk')]
+        tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token=unk))
+        normalizers = tokenizers.normalizers
+        tokenizer.normalizer = (normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+                                if cls.LOWERCASE else normalizers.NFKC())
         tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace()
         tokenizer.decoder = tokenizers.decoders.Metaspace()
+        special_tokens = [tokenizers.AddedToken(token, special=True, normalized=False, lstrip=token in cls.LSTRIP_TOKENS)
+                          for token in cls.SPECIAL_TOKENS]
         trainer = tokenizers.trainers.BpeTrainer(
-            vocab_size=vocab_size, special_tokens=list(cls.SPECIAL_TOKENS), show_progress=show_progress)
+            vocab_size=vocab_size, special_tokens=special_tokens, show_progress=show_progress)
         tokenizer.train_from_iterator(lines, trainer=trainer)
         return cls(tokenizer.to_str())
+
+    def special_ids(self):
+        """{'pad_id': 0, ...}: the special tokens' ids, as meta.pkl stores them."""
+        return {f'{name}_id': getattr(self, f'{name}_id') for name in self.SPECIAL_NAMES}
 
     def encode(self, text):
         """Ids of `text`, without <bos>/<eos>: the model code adds those where it needs them."""
@@ -137,8 +149,28 @@ class SubwordTokenizer:
     def decode(self, ids):
         return self._tokenizer.decode(_as_ints(ids), skip_special_tokens=True)
 
+    def id_to_token(self, i):
+        """The vocabulary entry of one id ('▁movie', '[MASK]'): for showing single tokens."""
+        return self._tokenizer.id_to_token(int(i))
+
     def state(self):
-        return {'kind': 'subword', 'json': self.tokenizer_json}
+        return {'kind': self.KIND, 'json': self.tokenizer_json}
+
+
+class MaskedLMTokenizer(SubwordTokenizer):
+    """The encoder's vocabulary: lowercase BPE with BERT's special tokens. [CLS] opens every
+    sequence (its vector is the sentence's, for classification), [SEP] ends each sentence,
+    [MASK] hides the tokens the model must guess. Written in a text, '[MASK]' (in capitals)
+    encodes to the [MASK] token."""
+
+    KIND = 'masked_lm'
+    SPECIAL_TOKENS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')  # ids 0..4 in a trained vocabulary
+    SPECIAL_NAMES = ('pad', 'unk', 'cls', 'sep', 'mask')
+    LOWERCASE = True  # the sentiment data is lowercased; fewer distinct words for a small vocabulary
+    LSTRIP_TOKENS = ('[MASK]',)  # 'is [MASK] .' masks a whole word, '▁great', space included
+
+
+SUBWORD_KINDS = {cls.KIND: cls for cls in (SubwordTokenizer, MaskedLMTokenizer)}
 
 
 def tokenizer_from_state(state):
@@ -148,9 +180,9 @@ def tokenizer_from_state(state):
         return CharTokenizer(state['chars'])
     if kind == 'tiktoken':
         return TiktokenTokenizer(state['name'])
-    if kind == 'subword':
-        return SubwordTokenizer(state['json'])
-    raise UserError(f"unknown tokenizer kind {kind!r} (expected 'char', 'tiktoken' or 'subword')")
+    if kind in SUBWORD_KINDS:
+        return SUBWORD_KINDS[kind](state['json'])
+    raise UserError(f"unknown tokenizer kind {kind!r} (expected 'char', 'tiktoken', 'subword' or 'masked_lm')")
 
 
 def tokenizer_from_meta(meta):

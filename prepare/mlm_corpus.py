@@ -1,0 +1,151 @@
+"""Unlabelled text for masked-language-model pretraining (the encoder), and its vocabulary.
+
+Reads .txt or .txt.gz files, one sentence or paragraph per line (blank lines are skipped), drops
+every line that is an SST-2 dev sentence (the encoder is evaluated on them), learns a lowercase
+BPE vocabulary with [PAD] [UNK] [CLS] [SEP] [MASK] on the train lines, and writes, for split
+train and val (a random val_fraction of the lines, always the same):
+    {split}.bin, {split}.idx   the lines' ids and int64 offsets, as prepare/multi30k.py writes them
+    {split}.txt                the lines
+and meta.pkl with the tokenizer and its special ids. prepare/sst2.py encodes SST-2 with this
+vocabulary (--tokenizer_from), so that fine-tuning reads the ids pretraining read.
+
+    python prepare/mlm_corpus.py [--input FILE_OR_FOLDER] [--vocab_size 8192] [--out_dir DIR]
+
+Without --input: the movie reviews (Pang & Lee 2004, 2,000 reviews, one sentence per line), from a
+download where online, else the offline mirror, into data/movie_reviews. With --input, every .txt
+and .txt.gz file of a folder, or one file, into data/<its name> by default.
+"""
+import io
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python prepare/<name>.py` finds the repo's modules
+
+from configurator import UserError, run_cli
+from prepare import default_out_dir, find_input, make_arg_parser, staged_outputs, tokenizer_meta
+from prepare import sst2
+from prepare.multi30k import read_lines, write_split
+from tokenizer import MaskedLMTokenizer
+
+NAME = 'movie_reviews'
+# NLTK's copy of the polarity dataset v2.0: one file per review, one sentence per line
+URL = 'https://raw.githubusercontent.com/nltk/nltk_data/gh-pages/packages/corpora/movie_reviews.zip'
+MIRROR = 'movie_reviews/reviews.txt.gz'
+VOCAB_SIZES = (256, 65535)  # at least the special tokens and the characters; ids fit in uint16
+
+
+def text_files(input_path):
+    """The .txt/.txt.gz files to read: the one given, or those of a folder, sorted."""
+    path = Path(input_path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise UserError(f'--input {input_path}: no such file or folder')
+    files = sorted(p for p in path.iterdir() if p.name.endswith(('.txt', '.txt.gz')))
+    if not files:
+        raise UserError(f'--input {input_path}: the folder has no .txt or .txt.gz file')
+    return files
+
+
+def zip_lines(path):
+    """The lines of NLTK's movie_reviews.zip: the reviews in file-name order (negative, then positive)."""
+    lines = []
+    with zipfile.ZipFile(path) as archive:
+        for name in sorted(n for n in archive.namelist() if n.endswith('.txt')):
+            with archive.open(name) as f:
+                lines += io.TextIOWrapper(f, encoding='utf-8').read().split('\n') + ['']
+    return lines
+
+
+def read_corpus(files):
+    """The non-blank lines of all files, their spacing tidied."""
+    lines = []
+    for path in tqdm(files, desc='reading', unit='file', disable=len(files) == 1):
+        raw = zip_lines(path) if path.suffix == '.zip' else read_lines(path)
+        lines += [' '.join(line.split()) for line in raw if line.strip()]
+    if not lines:
+        raise UserError(f'no text in {", ".join(map(str, files))}')
+    return lines
+
+
+def normalised(sentence):
+    return ' '.join(sentence.lower().split())
+
+
+def drop_excluded(lines, excluded):
+    """The lines that are not one of the `excluded` sentences (compared lowercased, spacing ignored)."""
+    excluded = {normalised(s) for s in excluded}
+    kept = [line for line in tqdm(lines, desc='filtering', unit='line', mininterval=1) if normalised(line) not in excluded]
+    print(f'dropped {len(lines) - len(kept):,} lines that are SST-2 dev sentences')
+    return kept
+
+
+def sst2_dev_or_none(sst2_dir):
+    """SST-2's dev sentences, or None (with a warning) where they cannot be found."""
+    try:
+        return sst2.dev_sentences(sst2_dir)
+    except UserError as e:
+        print(f'warning: SST-2 dev not found, no lines filtered out ({e})')
+        return None
+
+
+def split_val(lines, val_fraction, seed=1337):
+    """(train lines, val lines): a random val_fraction of the lines, the same every run."""
+    is_val = np.random.default_rng(seed).random(len(lines)) < val_fraction
+    train = [line for line, v in zip(lines, is_val) if not v]
+    val = [line for line, v in zip(lines, is_val) if v]
+    if not train or not val:
+        raise UserError(f'{len(lines)} lines are too few for a train and a val split: give more text')
+    return train, val
+
+
+def prepare(out_dir=None, input_path=None, vocab_size=8192, val_fraction=0.02, sst2_dir=None):
+    """Write the files described above into `out_dir` and return that folder. `sst2_dir`: a folder
+    with SST-2's dev.tsv[.gz] (None: the one prepare/sst2.py finds: a download or the mirror)."""
+    if not VOCAB_SIZES[0] <= vocab_size <= VOCAB_SIZES[1]:
+        raise UserError(f'--vocab_size must be between {VOCAB_SIZES[0]} and {VOCAB_SIZES[1]}, not {vocab_size}')
+    if not 0.0 < val_fraction < 1.0:
+        raise UserError(f'--val_fraction must be between 0 and 1, not {val_fraction}')
+    if input_path is None:
+        out_dir = Path(out_dir or default_out_dir(NAME))
+        files = [find_input(URL, out_dir, MIRROR)]
+    else:
+        files = text_files(input_path)
+        out_dir = Path(out_dir or default_out_dir(Path(input_path).name.split('.')[0]))
+    lines = read_corpus(files)
+    dev = sst2_dev_or_none(sst2_dir)
+    if dev is not None:
+        lines = drop_excluded(lines, dev)
+    train, val = split_val(lines, val_fraction)
+    print(f'training a lowercase BPE vocabulary of up to {vocab_size:,} tokens on {len(train):,} lines')
+    tokenizer = MaskedLMTokenizer.train(train, vocab_size, show_progress=True)
+    print(f'vocab size: {tokenizer.vocab_size:,}')
+    meta = tokenizer_meta(tokenizer, **tokenizer.special_ids())
+    with staged_outputs(out_dir) as out:
+        for split, split_lines in (('train', train), ('val', val)):
+            write_split(out, tokenizer, split, split_lines, meta['dtype'])
+        out.write_meta(meta)
+    print(f'wrote {out_dir}')
+    return out_dir
+
+
+def main(argv=None):
+    parser = make_arg_parser(NAME, __doc__.splitlines()[0])
+    parser.set_defaults(out_dir=None)
+    parser.add_argument('--vocab_size', type=int, default=8192,
+                        help='size of the lowercase BPE vocabulary (default: %(default)s)')
+    parser.add_argument('--val_fraction', type=float, default=0.02,
+                        help='share of the lines held out for validation (default: %(default)s)')
+    parser.add_argument('--sst2', default=None, metavar='FOLDER',
+                        help="folder with SST-2's dev.tsv[.gz], whose sentences are left out (default: a download or the mirror)")
+    args = parser.parse_args(argv)
+    prepare(out_dir=args.out_dir, input_path=args.input, vocab_size=args.vocab_size, val_fraction=args.val_fraction,
+            sst2_dir=args.sst2)
+
+
+if __name__ == '__main__':
+    run_cli(main)
