@@ -9,7 +9,9 @@ Training: `warmup_steps` real training steps (forward, backward, clipping, optim
 the run's dtype, autocast and torch.compile), then the clock runs over `measure_steps` more:
 tokens/s, ms per step, MFU against the device's peak FLOP/s, peak memory.
 Sampling (GPT models): greedy generation of `sample_tokens` new tokens from a one-token prompt,
-once with the KV cache and once re-running the whole context at every step, and their ratio.
+once with the KV cache and once re-running the whole context at every step, and their ratio; then
+`sample_rows` samples (temperature 0.8, top-k 200, as sample.py) generated one at a time and as one
+batch, in tokens/s over all rows.
 
 Every train.py setting works here (the model, batch, device, dtype, compile...), plus the
 benchmark's own settings below. Nothing is written to out_dir (it is read with init_from='resume');
@@ -26,6 +28,7 @@ from contextlib import nullcontext, redirect_stdout
 
 import torch
 
+import generate
 import train
 from configurator import UserError, configure, run_cli
 from data import Batches
@@ -39,6 +42,7 @@ BENCH_DEFAULTS = dict(
     warmup_steps=5,  # training steps before the clock starts: compilation, allocator, caches
     measure_steps=20,  # timed training steps; 0 = measure sampling only
     sample_tokens=255,  # new tokens per greedy generation (at most block_size - 1); 0 = no sampling
+    sample_rows=10,  # samples of one prompt for the batched figure (sample.py's num_samples)
     real_data=True,  # False: random token ids, so no dataset need be prepared (e.g. OpenWebText)
     json=False,  # print one JSON object instead of a table
 )
@@ -137,7 +141,19 @@ def greedy(model, device, new_tokens, use_cache):
     return tokens, new_tokens / (time.perf_counter() - t0)
 
 
-def measure_sampling(trainer, sample_tokens):
+def sampled_rows(model, device, new_tokens, n_rows):
+    """Tokens per second, over all rows, of n_rows samples of a one-token prompt generated as one
+    batch, as sample.py does (temperature 0.8, top-k 200, a seeded generator per row, no stop)."""
+    prompt = torch.zeros((1, 1), dtype=torch.long, device=device)
+    generators = [torch.Generator(device).manual_seed(i) for i in range(n_rows)]
+    synchronize(device)
+    t0 = time.perf_counter()
+    count = sum(1 for _ in generate.sample_rows(model, prompt, n_rows, new_tokens, 0.8, 200, None, generators))
+    synchronize(device)
+    return count / (time.perf_counter() - t0)
+
+
+def measure_sampling(trainer, sample_tokens, sample_rows):
     # the uncompiled model (every step has a new length) with weights in the run's dtype, as sample.py
     # holds them (its dtype='auto' picks bf16 on bf16 CPUs: pass --dtype=bfloat16 to measure that)
     model = copy.deepcopy(trainer.raw_model).to(trainer.ptdtype).eval()
@@ -146,7 +162,13 @@ def measure_sampling(trainer, sample_tokens):
         greedy(model, trainer.device, min(new_tokens, 8), use_cache)
     cached, cache_speed = greedy(model, trainer.device, new_tokens, use_cache=True)
     rerun, rerun_speed = greedy(model, trainer.device, new_tokens, use_cache=False)
+    one_row = sampled_rows(model, trainer.device, new_tokens, 1)  # the one-at-a-time loop runs at this rate
+    batched = sampled_rows(model, trainer.device, new_tokens, sample_rows)
     return {
+        'sample_rows': sample_rows,
+        'sample_one_row_tokens_per_sec': one_row,
+        'sample_batched_tokens_per_sec': batched,
+        'sample_batched_speedup': batched / one_row,
         'sample_new_tokens': new_tokens,
         'sample_cache_tokens_per_sec': cache_speed,
         'sample_no_cache_tokens_per_sec': rerun_speed,
@@ -169,7 +191,7 @@ def run_bench(cfg, explicit, bench):
     if bench['measure_steps']:
         results.update(measure_training(trainer, bench['warmup_steps'], bench['measure_steps']))
     if bench['sample_tokens'] and cfg.model_type == 'gpt':
-        results.update(measure_sampling(trainer, bench['sample_tokens']))
+        results.update(measure_sampling(trainer, bench['sample_tokens'], bench['sample_rows']))
     return results
 
 
@@ -189,13 +211,16 @@ def print_table(r):
         print(f"  KV cache        {r['sample_cache_tokens_per_sec']:,.1f} tokens/s")
         print(f"  full re-run     {r['sample_no_cache_tokens_per_sec']:,.1f} tokens/s")
         print(f"  speedup         {r['sample_cache_speedup']:.1f}x  (same tokens: {r['sample_same_tokens']})")
+        print(f"{r['sample_rows']} samples of {r['sample_new_tokens']} tokens (temperature 0.8, top-k 200), tokens/s of all rows:")
+        print(f"  one at a time   {r['sample_one_row_tokens_per_sec']:,.1f}")
+        print(f"  one batch       {r['sample_batched_tokens_per_sec']:,.1f}  ({r['sample_batched_speedup']:.1f}x)")
 
 
 def main(argv=None):
     """Run the benchmark; print a table (or JSON) and return the results as a dict."""
     settings, explicit = configure({**train.DEFAULTS, **BENCH_DEFAULTS}, argv, sources=[__file__, train.__file__])
     bench = {key: settings.pop(key) for key in BENCH_DEFAULTS}
-    for key in ('warmup_steps', 'measure_steps', 'sample_tokens'):
+    for key in ('warmup_steps', 'measure_steps', 'sample_tokens', 'sample_rows'):
         if bench[key] < 0:
             raise UserError(f"{key} must not be negative, got {bench[key]}")
     settings['wandb_log'] = False  # a benchmark is not a run to log

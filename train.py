@@ -34,7 +34,7 @@ from configurator import UserError, configure, run_cli, settings_of
 from data import SentencePairs, TokenStream
 from device import DTYPES, autocast, keep_freed_memory, peak_flops, resolve_device, speed_up, training_dtype
 from model import GPT, GPTConfig, Seq2SeqConfig, Seq2SeqTransformer, config_fields
-from tokenizer import TiktokenTokenizer, load_meta, tokenizer_from_meta
+from tokenizer import TiktokenTokenizer, load_meta, tokenizer_from_meta, tokenizer_from_state
 
 # -----------------------------------------------------------------------------
 # Settings. The defaults train a small character-level model of tiny Shakespeare in a few
@@ -248,6 +248,7 @@ class Trainer:
         self.data_rng = torch.Generator().manual_seed(cfg.seed)  # the same on every rank: one global batch
         self.iter_num, self.best_val_loss, self.skipped, self.elapsed = 0, float('inf'), 0, 0.0
         self.bad_in_a_row = 0  # non-finite steps since the last good one
+        self.val_tokens_per_byte = None  # for bits per byte, measured at the first evaluation
         self.running_mfu = -1.0
         checkpoint = self.build_model(explicit)
         self.raw_model = speed_up(self.model.to(self.device), self.device_type, self.dtype)
@@ -524,14 +525,28 @@ class Trainer:
         self.raw_model.train()
         return sacrebleu.corpus_bleu(hypotheses, [references]).score
 
+    def val_bits_per_byte(self, val_loss):
+        """The validation loss in bits per UTF-8 byte of text: nats per token x tokens per byte / ln 2.
+        Unlike a loss per token it does not depend on the tokenizer, so a character model and a
+        BPE model of the same text compare on one scale. GPT runs only."""
+        if self.cfg.model_type != 'gpt':
+            return None
+        if self.val_tokens_per_byte is None:  # measured once, on (at most 10M tokens of) the validation split
+            ids = self.data.splits['val'][:10_000_000]
+            text = tokenizer_from_state(self.tokenizer_state()).decode(ids.tolist())
+            self.val_tokens_per_byte = len(ids) / max(len(text.encode('utf-8')), 1)
+        return val_loss * self.val_tokens_per_byte / math.log(2)
+
     def evaluate_and_save(self):
         cfg = self.cfg
         losses = self.estimate_loss()
+        bpb = self.val_bits_per_byte(losses['val'])
         bleu = self.bleu() if cfg.model_type == 'seq2seq' and self.master and cfg.bleu_sentences > 0 else None
         line = f"step {self.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+        line += f", val bpb {bpb:.4f}" if bpb is not None else ""
         self.log(line + (f", val bleu {bleu:.2f}" if bleu is not None else ""))
         self.record(train_loss=losses['train'], val_loss=losses['val'], lr=self.lr,
-                    **({'bleu': bleu} if bleu is not None else {}))
+                    **({'val_bpb': bpb} if bpb is not None else {}), **({'bleu': bleu} if bleu is not None else {}))
         if losses['val'] < self.best_val_loss or cfg.always_save_checkpoint:
             self.best_val_loss = min(self.best_val_loss, losses['val'])
             if self.iter_num > 0 and not cfg.eval_only:  # evaluating a checkpoint must not rewrite it

@@ -10,7 +10,8 @@ TINY = ['--device=cpu', '--dtype=float32', '--n_layer=1', '--n_head=2', '--n_emb
         '--batch_size=4', '--gradient_accumulation_steps=2', '--warmup_steps=1', '--measure_steps=2',
         '--sample_tokens=40']
 TRAINING_KEYS = {'tokens_per_iter', 'ms_per_iter', 'tokens_per_sec', 'mfu', 'peak_flops', 'peak_memory_mib'}
-SAMPLING_KEYS = {'sample_cache_tokens_per_sec', 'sample_no_cache_tokens_per_sec', 'sample_cache_speedup'}
+SAMPLING_KEYS = {'sample_cache_tokens_per_sec', 'sample_no_cache_tokens_per_sec', 'sample_cache_speedup',
+                 'sample_one_row_tokens_per_sec', 'sample_batched_tokens_per_sec', 'sample_batched_speedup'}
 
 
 @pytest.mark.parametrize('real_data', [True, False])

@@ -1,11 +1,14 @@
 """out_dir/metrics.jsonl, written by train.py, and plot.py, which draws it."""
 import json
+import math
 import sys
 
+import numpy as np
 import pytest
 
 import plot
 import train
+from conftest import SHARED
 from test_train import ITER_LINE, STEP_LINE, read_metrics, run_script, tiny_args
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
@@ -105,3 +108,38 @@ def test_plot_without_matplotlib_says_how_to_install_it(runs, tmp_path, capsys, 
     monkeypatch.setitem(sys.modules, 'matplotlib', None)  # `import matplotlib` raises ImportError
     status, _, err = run_script(capsys, plot.main, [str(runs[1]), f'--output={tmp_path / "x.png"}'])
     assert status == 1 and err == 'error: plotting needs matplotlib: pip install matplotlib\n'
+
+
+# ---------------------------------------------------------------------------
+# Bits per byte: one scale for every tokenizer
+
+
+def val_records(out_dir):
+    return [m for m in read_metrics(out_dir) if 'val_loss' in m]
+
+
+def test_bits_per_byte_of_a_character_model_is_its_loss_over_ln2(shakespeare_char_dir, tmp_path, capsys):
+    """tiny Shakespeare is ASCII: one character, one byte, one token."""
+    status, out, err = run_script(capsys, train.main, tiny_args(shakespeare_char_dir, tmp_path, max_iters=4,
+                                                                eval_interval=2))
+    assert status == 0, err
+    records = val_records(tmp_path)
+    assert len(records) == 3
+    for record in records:
+        assert record['val_bpb'] == pytest.approx(record['val_loss'] / math.log(2), rel=1e-12)
+    assert ', val bpb ' in out
+
+
+def test_bits_per_byte_of_a_bpe_model_follows_its_tokens_per_byte(tmp_path, capsys):
+    from prepare import shakespeare
+    from tokenizer import TiktokenTokenizer
+    data_dir = tmp_path / 'shakespeare'
+    shakespeare.prepare(out_dir=str(data_dir), input_path=str(SHARED / 'data' / 'tinyshakespeare' / 'input.txt'))
+    out_dir = tmp_path / 'out'
+    status, _, err = run_script(capsys, train.main, tiny_args(data_dir, out_dir, max_iters=2, eval_interval=2))
+    assert status == 0, err
+    val = np.fromfile(data_dir / 'val.bin', dtype=np.uint16)
+    text_bytes = len(TiktokenTokenizer('gpt2').decode(val.tolist()).encode('utf-8'))
+    assert 0.2 < len(val) / text_bytes < 0.4  # GPT-2 BPE: ~3-4 bytes a token on English
+    for record in val_records(out_dir):
+        assert record['val_bpb'] == pytest.approx(record['val_loss'] * len(val) / text_bytes / math.log(2), rel=1e-12)

@@ -23,7 +23,7 @@ from data import TokenStream
 # makes each step hundreds of times slower: one thread, here and in the scripts the tests start.
 
 ITER_LINE = re.compile(r'^iter (\d+): loss (\d+\.\d{4}), time \d+\.\d{2}ms, [\d,]+ tok/s, mfu -?\d+\.\d{2}%$')
-STEP_LINE = re.compile(r'^step (\d+): train loss (\d+\.\d{4}), val loss (\d+\.\d{4})$')
+STEP_LINE = re.compile(r'^step (\d+): train loss (\d+\.\d{4}), val loss (\d+\.\d{4})(?:, val bpb \d+\.\d{4})?$')
 
 
 def tiny_args(data_dir, out_dir, **overrides):
