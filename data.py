@@ -3,8 +3,8 @@ Training batches from prepared datasets (see prepare/), for every model kind.
 
 A dataset draws the rows of a whole *global* batch (every micro-step of every rank) from
 one seeded generator, and each rank then takes its share. The batches a run sees are
-therefore the same whatever the number of processes, and the generator's state is all
-that a checkpoint needs to continue the data stream exactly.
+therefore the same whatever the number of processes, and the generator's state (or an
+EpochSampler's position) is all that a checkpoint needs to continue the data stream exactly.
 """
 
 import os
@@ -47,30 +47,150 @@ class Batches:
         return tuple(t.to(self.device) for t in tensors)
 
 
-class TokenStream(Batches):
-    """GPT data: one long stream of token ids per split. A row is a random window of
-    block_size tokens; its targets are the same window shifted by one token."""
+class EpochSampler:
+    """Rows drawn in epochs, without replacement (sampling='epoch'): epoch e is a permutation of
+    all n rows seeded by (seed, e); draw(k) takes the next k, going on into the next epoch when
+    one runs out. Its position, get_state() = {epoch, offset}, is what a checkpoint keeps."""
 
-    def __init__(self, data_dir, block_size, device):
+    def __init__(self, n, seed):
+        self.n, self.seed, self.epoch, self.offset = n, seed, 0, 0
+        self._order = None  # (epoch, its permutation)
+
+    def order(self, epoch):
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, torch.from_numpy(np.random.default_rng([self.seed, epoch]).permutation(self.n)))
+        return self._order[1]
+
+    def draw(self, k):
+        parts = []
+        while k > 0:
+            if self.offset == self.n:  # the next epoch begins with the first row drawn from it
+                self.epoch, self.offset = self.epoch + 1, 0
+            take = min(k, self.n - self.offset)
+            parts.append(self.order(self.epoch)[self.offset:self.offset + take])
+            self.offset, k = self.offset + take, k - take
+        return torch.cat(parts)
+
+    def get_state(self):
+        return {'epoch': self.epoch, 'offset': self.offset, 'rows': self.n, 'seed': self.seed}
+
+    def set_state(self, state):
+        if state.get('rows') != self.n:
+            raise ValueError(f"the checkpoint's epochs have {state.get('rows')} rows, this data {self.n}")
+        self.seed, self.epoch, self.offset = state['seed'], state['epoch'], state['offset']
+
+
+def eot_id(meta):
+    """The end-of-text separator of a dataset's tokens: meta['eot_id'], its tokenizer's, or GPT-2's
+    (a dataset without meta.pkl is GPT-2 BPE, as nanoGPT's openwebtext). None if it has none."""
+    if meta is None:
+        return 50256
+    if 'eot_id' in meta:
+        return meta['eot_id']
+    from tokenizer import tokenizer_from_meta
+    return getattr(tokenizer_from_meta(meta), 'eot_token', None)
+
+
+def document_starts(data, eot, chunk=1 << 26):
+    """Where each document of the token stream begins: 0 and every position after an eot."""
+    starts = [np.zeros(1, dtype=np.int64)]
+    for begin in range(0, len(data), chunk):
+        starts.append(np.flatnonzero(np.asarray(data[begin:begin + chunk]) == eot).astype(np.int64) + begin + 1)
+    starts = np.concatenate(starts)
+    return starts[starts < len(data)]
+
+
+def pack_documents(lengths, row_len, buffer=1000):
+    """Best-fit packing of documents (in corpus order, `buffer` at a time) into rows of row_len
+    tokens, each row beginning at a document start: a row takes the longest waiting document that
+    fits its room, again and again; when none fits, the shortest waiting one is cut to fill the
+    row (its tail is dropped). buffer=1 is greedy packing (each document in turn, the one that
+    overflows is cut). Returns (row i's segments are ptr[i]:ptr[i+1] of (document, length))."""
+    import bisect
+    waiting, next_doc, n = [], 0, len(lengths)  # waiting: sorted (length, document)
+    docs, takes, ptr = [], [], [0]
+    room = row_len
+    while True:
+        while len(waiting) < buffer and next_doc < n:
+            bisect.insort(waiting, (int(lengths[next_doc]), next_doc))
+            next_doc += 1
+        if not waiting:
+            break
+        i = bisect.bisect_right(waiting, (room, n)) - 1  # the longest that fits
+        length, doc = waiting.pop(i if i >= 0 else 0)
+        docs.append(doc)
+        takes.append(min(length, room))
+        room -= takes[-1]
+        if room == 0:
+            ptr.append(len(docs))
+            room = row_len
+    ptr = np.array(ptr, dtype=np.int64)
+    return np.array(docs[:ptr[-1]], dtype=np.int64), np.array(takes[:ptr[-1]], dtype=np.int64), ptr
+
+
+class TokenStream(Batches):
+    """GPT data: one long stream of token ids per split. A row is a window of block_size + 1
+    tokens: its inputs are the first block_size, its targets the same shifted by one token.
+
+    sample() draws rows with a torch.Generator (random, with replacement: nanoGPT's windows at any
+    offset) or with an EpochSampler (every non-overlapping window once per epoch, in a permuted
+    order). align_documents=True: a row is instead a pack of whole documents starting at a
+    document start (pack_documents); rows are then the numbers of those packs."""
+
+    def __init__(self, data_dir, block_size, device, align_documents=False):
         super().__init__(device)
-        dtype = token_dtype(load_meta(data_dir))
+        meta = load_meta(data_dir)
+        dtype = token_dtype(meta)
         self.block_size = block_size
         self.splits = {split: open_tokens(os.path.join(data_dir, f'{split}.bin'), dtype) for split in ('train', 'val')}
         for split, data in self.splits.items():
             if len(data) <= block_size:
                 raise UserError(f"{split}.bin in {data_dir} has {len(data)} tokens, fewer than block_size + 1 = "
                                 f"{block_size + 1}: lower --block_size or use more data")
+        self.packs = None
+        if align_documents:
+            eot = eot_id(meta)
+            if eot is None:
+                raise UserError(f"align_documents=True needs documents separated by an end-of-text token, and "
+                                f"{data_dir}'s tokenizer has none: use --align_documents=False")
+            self.packs = {}
+            for split, data in self.splits.items():
+                starts = document_starts(data, eot)
+                docs, takes, ptr = pack_documents(np.diff(np.append(starts, len(data))), block_size + 1)
+                if len(ptr) < 2:
+                    raise UserError(f"{split}.bin in {data_dir} fills no row of block_size + 1 tokens")
+                self.packs[split] = (starts[docs], takes, ptr)
+            # what packing keeps: documents longer than the row lose their tail (no row begins mid-document)
+            self.kept = int(self.packs['train'][1].sum()) / len(self.splits['train'])
+
+    def num_rows(self, split):
+        """How many distinct rows epoch sampling draws from: packs, or non-overlapping windows."""
+        if self.packs is not None:
+            return len(self.packs[split][2]) - 1
+        return len(self.splits[split]) // (self.block_size + 1)
 
     def sample(self, split, n_rows, generator):
+        if isinstance(generator, EpochSampler):
+            index = generator.draw(n_rows)
+            return index if self.packs is not None else index * (self.block_size + 1)
+        if self.packs is not None:
+            return torch.randint(self.num_rows(split), (n_rows,), generator=generator)
         return torch.randint(len(self.splits[split]) - self.block_size, (n_rows,), generator=generator)
 
     def num_targets(self, split, rows):
         return len(rows) * self.block_size
 
-    def batch(self, split, rows):
-        """rows: window starts -> (x, y), both (len(rows), block_size)."""
+    def window(self, split, row):
+        """Row `row`'s block_size + 1 tokens."""
         data, T = self.splits[split], self.block_size
-        windows = torch.from_numpy(np.stack([data[i:i + T + 1] for i in rows.tolist()]).astype(np.int64))
+        if self.packs is None:
+            return data[row:row + T + 1]
+        starts, takes, ptr = self.packs[split]
+        return np.concatenate([data[s:s + n] for s, n in zip(starts[ptr[row]:ptr[row + 1]], takes[ptr[row]:ptr[row + 1]])])
+
+    def batch(self, split, rows):
+        """rows: window starts (pack numbers with align_documents) -> (x, y), both (len(rows), block_size)."""
+        windows = torch.from_numpy(np.stack([self.window(split, i) for i in rows.tolist()]).astype(np.int64))
         return self.to_device(windows[:, :-1], windows[:, 1:])
 
 

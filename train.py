@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import generate
 from checkpoint import load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint, set_rng_state
 from configurator import UserError, configure, run_cli, settings_of
-from data import SentencePairs, TokenStream
+from data import EpochSampler, SentencePairs, TokenStream
 from device import DTYPES, autocast, keep_freed_memory, peak_flops, resolve_device, speed_up, training_dtype
 from model import GPT, GPTConfig, Seq2SeqConfig, Seq2SeqTransformer, config_fields
 from tokenizer import TiktokenTokenizer, load_meta, tokenizer_from_meta, tokenizer_from_state
@@ -60,6 +60,8 @@ model_type = 'gpt'  # 'gpt' (decoder-only) | 'seq2seq' (encoder-decoder, for tra
 gradient_accumulation_steps = 1  # micro-steps per optimizer step, over all processes together
 batch_size = 32  # sequences (sentence pairs for seq2seq) per micro-step per process
 block_size = 128  # context length (seq2seq: longest source and target sentence)
+sampling = 'random'  # 'random' (nanoGPT's: windows at random offsets, with replacement) | 'epoch' (gpt: each epoch a seeded permutation of all non-overlapping windows)
+align_documents = False  # gpt: every row starts at a document start (after <|endoftext|>), whole documents packed best-fit to fill it
 # model
 n_layer = 4
 n_head = 4
@@ -142,12 +144,15 @@ def validate_settings(cfg):
         raise UserError(f"lr_decay_iters ({cfg.lr_decay_iters}) must be larger than warmup_iters ({cfg.warmup_iters})")
     choices = {'model_type': ('gpt', 'seq2seq'), 'dtype': ('auto', 'float32', 'bfloat16', 'float16'),
                'backend': ('auto', 'nccl', 'gloo'), 'optimizer': ('adamw', 'muon'), 'lr_schedule': ('cosine', 'linear'),
+               'sampling': ('random', 'epoch'),
                'init_from': ('scratch', 'resume', 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise UserError(f"{key} must be one of {', '.join(allowed)}; got {getattr(cfg, key)!r}")
     if cfg.model_type == 'seq2seq' and cfg.init_from.startswith('gpt2'):
         raise UserError("GPT-2 weights initialise a gpt model only: use --model_type=gpt")
+    if cfg.model_type != 'gpt' and (cfg.sampling != 'random' or cfg.align_documents):
+        raise UserError("sampling='epoch' and align_documents=True work with gpt token data only")
 
 
 def get_lr(cfg, it, elapsed):
@@ -190,7 +195,7 @@ def prepare_if_missing(cfg, data_dir, is_master):
 def load_dataset(cfg, data_dir, device):
     if cfg.model_type == 'seq2seq':
         return SentencePairs(data_dir, cfg.block_size, device)
-    return TokenStream(data_dir, cfg.block_size, device)
+    return TokenStream(data_dir, cfg.block_size, device, align_documents=cfg.align_documents)
 
 
 def architecture(cfg, meta):
@@ -246,6 +251,12 @@ class Trainer:
         self.autocast = autocast(self.device_type, self.dtype)
         self.meta, self.data = self.load_data()
         self.data_rng = torch.Generator().manual_seed(cfg.seed)  # the same on every rank: one global batch
+        if cfg.align_documents:
+            self.log(f"align_documents: rows begin at document starts and hold {self.data.kept:.1%} of the train tokens")
+        if cfg.sampling == 'epoch':  # then it draws the rows in epochs instead (data.EpochSampler)
+            self.data_rng = EpochSampler(self.data.num_rows('train'), cfg.seed)
+            self.log(f"epoch sampling: {self.data_rng.n:,} rows an epoch, "
+                     f"{self.data_rng.n / (cfg.batch_size * cfg.gradient_accumulation_steps):,.1f} iterations")
         self.iter_num, self.best_val_loss, self.skipped, self.elapsed = 0, float('inf'), 0, 0.0
         self.bad_in_a_row = 0  # non-finite steps since the last good one
         self.val_tokens_per_byte = None  # for bits per byte, measured at the first evaluation
@@ -341,8 +352,14 @@ class Trainer:
             self.log("the checkpoint's optimizer differs from this run's: its state starts fresh")
         if 'scaler' in checkpoint:
             self.scaler.load_state_dict(checkpoint['scaler'])
-        if 'data_rng' in checkpoint:
-            self.data_rng.set_state(checkpoint['data_rng'])
+        sampler = 'sampler' if isinstance(self.data_rng, EpochSampler) else 'data_rng'
+        if sampler in checkpoint:
+            try:
+                self.data_rng.set_state(checkpoint[sampler])
+            except ValueError as e:  # the data changed: its epochs start again
+                self.log(f"{e}: epoch sampling starts a new epoch 0")
+        elif 'data_rng' in checkpoint or 'sampler' in checkpoint:
+            self.log(f"the checkpoint's sampling differs from sampling={self.cfg.sampling!r}: it starts afresh")
         if checkpoint.get('rng'):
             set_rng_state(checkpoint['rng'][self.rank % len(checkpoint['rng'])])
 
@@ -432,7 +449,10 @@ class Trainer:
         micro-batch counts by its share of the global batch's target tokens. A batch is read when
         the loop asks for it, while the device still works on the previous one."""
         cfg = self.cfg
+        epoch = getattr(self.data_rng, 'epoch', None)
         rows = self.data.sample('train', cfg.batch_size * cfg.gradient_accumulation_steps, self.data_rng)
+        if epoch is not None and self.data_rng.epoch != epoch:
+            self.log(f"epoch {self.data_rng.epoch} begins in iteration {self.iter_num + 1}")
         total_targets = self.data.num_targets('train', rows)
         my_rows = rows.view(cfg.gradient_accumulation_steps, cfg.batch_size)[
             self.rank * self.accum:(self.rank + 1) * self.accum]
@@ -571,7 +591,8 @@ class Trainer:
             'model': self.raw_model.state_dict(), 'optimizer': [opt.state_dict() for opt in self.optimizers],
             'scaler': self.scaler.state_dict(), 'model_type': self.cfg.model_type, 'model_args': self.model_args,
             'iter_num': self.iter_num, 'best_val_loss': self.best_val_loss, 'config': self.config,
-            'tokenizer': self.tokenizer_state(), 'rng': rng, 'data_rng': self.data_rng.get_state(),
+            'tokenizer': self.tokenizer_state(), 'rng': rng,
+            'sampler' if isinstance(self.data_rng, EpochSampler) else 'data_rng': self.data_rng.get_state(),
             'skipped_steps': self.skipped, 'elapsed': self.elapsed,
             'wandb_id': self.wandb.id if self.wandb is not None else None,
         }

@@ -1,0 +1,156 @@
+"""sampling='epoch' (every window once per epoch, whatever the number of ranks; exact resumption
+mid-epoch) and align_documents=True (rows begin at document starts, documents packed to fill them)."""
+import pickle
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from conftest import ROOT
+from data import EpochSampler, TokenStream, document_starts, eot_id, pack_documents
+from test_train import run_script, tiny_args, training_losses
+
+
+def global_batches_by_rank(stream, sampler, world, iters, batch_size=4, accum=2):
+    """What the ranks of a run take from each global batch, as train.Trainer.micro_batches does:
+    rows.view(accum, batch_size)[rank * accum / world ...]. Returns the rows seen, in order."""
+    seen = []
+    for _ in range(iters):
+        rows = stream.sample('train', batch_size * accum, sampler)
+        for rank in range(world):
+            share = accum // world
+            seen.append(rows.view(accum, batch_size)[rank * share:(rank + 1) * share].reshape(-1))
+    return torch.cat(seen)
+
+
+@pytest.mark.parametrize('world', [1, 2])
+def test_epoch_sampling_visits_every_window_once_per_epoch(shakespeare_char_dir, world):
+    stream = TokenStream(str(shakespeare_char_dir), block_size=256, device='cpu')
+    n = stream.num_rows('train')
+    assert n == len(stream.splits['train']) // 257
+    sampler = EpochSampler(n, seed=1337)
+    seen = global_batches_by_rank(stream, sampler, world, iters=-(-2 * n // 8))  # two epochs and a bit
+    every_window = torch.arange(n) * 257
+    first, second = seen[:n], seen[n:2 * n]
+    assert torch.equal(first.sort().values, every_window)  # each non-overlapping window exactly once
+    assert torch.equal(second.sort().values, every_window)
+    assert not torch.equal(first, second)  # each epoch has its own order
+    assert sampler.epoch == 2
+    # the same rows whatever the number of ranks
+    assert torch.equal(seen, global_batches_by_rank(stream, EpochSampler(n, seed=1337), 3 - world, len(seen) // 8))
+
+
+def test_epoch_sampler_resumes_from_its_state():
+    straight = EpochSampler(10, seed=3)
+    expected = torch.cat([straight.draw(4) for _ in range(6)])
+    first = EpochSampler(10, seed=3)
+    part = [first.draw(4) for _ in range(3)]  # stopped in the middle of epoch 1
+    resumed = EpochSampler(10, seed=0)
+    resumed.set_state(first.get_state())
+    assert first.get_state() == {'epoch': 1, 'offset': 2, 'rows': 10, 'seed': 3}
+    assert torch.equal(torch.cat(part + [resumed.draw(4) for _ in range(3)]), expected)
+    with pytest.raises(ValueError):
+        EpochSampler(11, seed=3).set_state(first.get_state())
+
+
+@pytest.fixture(scope='module')
+def small_char_dir(shakespeare_char_dir, tmp_path_factory):
+    """tiny Shakespeare cut to 60 windows of 33 characters: an epoch of 15 iterations at 4 rows."""
+    out = tmp_path_factory.mktemp('small_char')
+    shutil.copy(shakespeare_char_dir / 'meta.pkl', out)
+    shutil.copy(shakespeare_char_dir / 'val.bin', out)
+    np.fromfile(shakespeare_char_dir / 'train.bin', dtype=np.uint16)[:60 * 33 + 5].tofile(out / 'train.bin')
+    return out
+
+
+def test_epoch_run_stopped_mid_epoch_resumes_exactly(small_char_dir, tmp_path, capsys):
+    straight, split = tmp_path / 'straight', tmp_path / 'split'
+    common = dict(sampling='epoch', dropout=0.1)
+    status, out, err = run_script(capsys, train.main, tiny_args(small_char_dir, straight, max_iters=20, **common))
+    assert status == 0, err
+    assert 'epoch sampling: 60 rows an epoch, 15.0 iterations' in out
+    assert 'epoch 1 begins in iteration 16' in out
+    assert run_script(capsys, train.main, tiny_args(small_char_dir, split, max_iters=7, **common))[0] == 0
+    status, out, err = run_script(capsys, train.main,
+                                  tiny_args(small_char_dir, split, max_iters=20, init_from='resume', **common))
+    assert status == 0, err
+    assert 'epoch 1 begins in iteration 16' in out
+    expected, resumed = training_losses(straight), training_losses(split)
+    assert [resumed[i] for i in range(8, 21)] == [expected[i] for i in range(8, 21)]  # bit-identical
+
+
+def test_epoch_sampling_on_two_processes_matches_one(small_char_dir, tmp_path, capsys):
+    single, ddp = tmp_path / 'single', tmp_path / 'ddp'
+    common = dict(sampling='epoch', max_iters=10, eval_interval=100, gradient_accumulation_steps=2, batch_size=4,
+                  learning_rate=1e-2, warmup_iters=0)  # 8 rows a step: epoch 1 begins in step 8
+    assert run_script(capsys, train.main, tiny_args(small_char_dir, single, **common))[0] == 0
+    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py',
+               *tiny_args(small_char_dir, ddp, **common)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count('epoch 1 begins in iteration 8') == 1  # rank 0 only
+    expected, actual = training_losses(single), training_losses(ddp)
+    assert [actual[i] for i in range(1, 11)] == pytest.approx([expected[i] for i in range(1, 11)], abs=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Document-aligned rows
+
+
+def write_documents(folder, lengths, eot=0, vocab=64, seed=0):
+    """A token corpus of documents of the given lengths (eot included), ids 1..vocab-1 inside them."""
+    rng = np.random.default_rng(seed)
+    docs = [np.append(rng.integers(1, vocab, size=n - 1), eot) for n in lengths]
+    tokens = np.concatenate(docs).astype(np.uint16)
+    folder.mkdir(exist_ok=True)
+    for split in ('train', 'val'):
+        tokens.tofile(folder / f'{split}.bin')
+    with open(folder / 'meta.pkl', 'wb') as f:
+        pickle.dump({'vocab_size': vocab, 'eot_id': eot, 'dtype': 'uint16'}, f)
+    return tokens
+
+
+@pytest.mark.parametrize('buffer', [1, 1000])  # greedy, best-fit
+def test_packed_rows_fill_up_with_whole_documents(buffer):
+    lengths = np.random.default_rng(1).integers(1, 90, size=500)
+    docs, takes, ptr = pack_documents(lengths, 64, buffer=buffer)
+    assert np.all(np.add.reduceat(takes, ptr[:-1]) == 64)  # every row full
+    assert len(set(docs.tolist())) == len(docs)  # a document goes to one row at most
+    cut = takes < lengths[docs]
+    # a cut document is the last of its row (its tail is dropped)
+    last_in_row = np.zeros(len(docs), dtype=bool)
+    last_in_row[ptr[1:] - 1] = True
+    assert not np.any(cut & ~last_in_row)
+
+
+def test_aligned_rows_all_begin_at_a_document_start(tmp_path):
+    tokens = write_documents(tmp_path / 'docs', np.random.default_rng(2).integers(2, 120, size=400))
+    stream = TokenStream(str(tmp_path / 'docs'), block_size=48, device='cpu', align_documents=True)
+    starts = set(document_starts(tokens, 0).tolist())
+    assert starts == {0} | set((np.flatnonzero(tokens == 0) + 1).tolist()) - {len(tokens)}
+    n = stream.num_rows('train')
+    assert n > 100
+    x, y = stream.batch('train', torch.arange(n))
+    assert x.shape == y.shape == (n, 48) and torch.equal(x[:, 1:], y[:, :-1])
+    first_starts = stream.packs['train'][0][stream.packs['train'][2][:-1]]
+    assert set(first_starts.tolist()) <= starts  # the first token of every row opens a document
+    assert torch.equal(x[:, 0], torch.from_numpy(tokens[first_starts].astype(np.int64)))
+    # within a row, every token after an eot opens a document: packs hold whole documents in turn
+    for segment_start in stream.packs['train'][0]:
+        assert int(segment_start) in starts
+    # both samplers draw pack numbers
+    assert stream.sample('train', 5, torch.Generator().manual_seed(0)).max() < n
+    assert torch.equal(stream.sample('train', n, EpochSampler(n, 0)).sort().values, torch.arange(n))
+
+
+def test_align_documents_needs_a_separator(shakespeare_char_dir, tmp_path, capsys):
+    assert eot_id(None) == 50256  # no meta.pkl: GPT-2 BPE, as nanoGPT's openwebtext
+    from prepare import tokenizer_meta
+    from tokenizer import TiktokenTokenizer
+    assert eot_id(tokenizer_meta(TiktokenTokenizer('gpt2'))) == 50256
+    status, _, err = run_script(capsys, train.main, tiny_args(shakespeare_char_dir, tmp_path, align_documents=True))
+    assert status != 0 and 'end-of-text' in err
