@@ -192,11 +192,10 @@ def export(checkpoint, folder):
 
 def main(argv=None):
     config, _ = configure(DEFAULTS, argv, sources=[__file__])
-    globals().update(config)
-    folder = to or os.path.join(out_dir, 'hf')
+    folder = config['to'] or os.path.join(config['out_dir'], 'hf')
     if os.path.isfile(folder):
         raise UserError(f"--to={folder} is a file: give a folder to write the export into")
-    checkpoint = load_checkpoint(out_dir)
+    checkpoint = load_checkpoint(config['out_dir'])
     import_transformers().utils.logging.disable_progress_bar()  # bars for a few small files are noise
     export(checkpoint, folder)
     print(f"wrote {folder}: load it with transformers' AutoModelForCausalLM.from_pretrained({folder!r}) "
