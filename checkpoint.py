@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from configurator import UserError
-from model import GPT, GPTConfig, Seq2SeqConfig, Seq2SeqTransformer
+from model import GPT, Encoder, EncoderConfig, GPTConfig, Seq2SeqConfig, Seq2SeqTransformer
 from tokenizer import load_meta, tokenizer_from_meta
 
-MODEL_CLASSES = {'gpt': (GPT, GPTConfig), 'seq2seq': (Seq2SeqTransformer, Seq2SeqConfig)}
+MODEL_CLASSES = {'gpt': (GPT, GPTConfig), 'seq2seq': (Seq2SeqTransformer, Seq2SeqConfig), 'encoder': (Encoder, EncoderConfig)}
 REQUIRED_KEYS = ('model', 'model_args', 'iter_num')
 
 
@@ -61,9 +61,22 @@ def fsync_dir(path):
         os.close(fd)
 
 
-def load_checkpoint(out_dir):
-    """The checkpoint in out_dir, or a one-line UserError saying what is wrong with it."""
+def load_checkpoint(out_dir, weights=True):
+    """The checkpoint in out_dir, or a one-line UserError saying what is wrong with it: ckpt.pt, or
+    ckpt.dcp (fsdp=True's sharded checkpoint, read whole on this process) when that is the newer.
+    weights=False, for a sharded one: all but the model and optimizer, which FSDP loads sharded."""
+    dcp = os.path.join(out_dir, 'ckpt.dcp')
     path = os.path.join(out_dir, 'ckpt.pt')
+    if os.path.exists(dcp) and (not os.path.exists(path) or os.lstat(dcp).st_mtime >= os.path.getmtime(path)):
+        import sharding
+        try:
+            checkpoint = sharding.read_checkpoint(os.path.realpath(dcp), weights)
+        except Exception as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"{dcp} is not a readable sharded checkpoint ({reason[:150]})") from None
+        if any(key not in checkpoint for key in REQUIRED_KEYS if weights or key != 'model'):
+            raise UserError(f"{dcp} is not a checkpoint of this project (it lacks {', '.join(REQUIRED_KEYS)})")
+        return checkpoint
     if not os.path.exists(path):
         raise UserError(f"no checkpoint at {path}: train a model first, or point --out_dir at a run's folder")
     try:  # mmap: tensors are read from the file as they are used, so N ranks resuming do not hold N copies in RAM
@@ -88,6 +101,8 @@ def model_from_checkpoint(checkpoint, model_type=None):
         model = model_class(config_class(**checkpoint['model_args']))
     except (TypeError, ValueError) as e:
         raise UserError(f"the checkpoint's model settings are not valid for this code: {e}") from None
+    if 'model' not in checkpoint:  # a sharded checkpoint read without its weights: FSDP loads them
+        return model
     state = {k.removeprefix('_orig_mod.'): v for k, v in checkpoint['model'].items()}  # saved from a compiled model
     try:
         model.load_state_dict(state)

@@ -102,6 +102,7 @@ backend = 'auto'  # 'nccl' | 'gloo' | 'auto' (nccl on GPU, gloo on CPU)
 device = 'auto'  # 'cpu' | 'cuda' | 'cuda:1' | 'mps' | 'auto' (the best present)
 dtype = 'auto'  # 'float32' | 'bfloat16' | 'float16' (with a gradient scaler) | 'auto' (bf16 where GPU or CPU has it)
 compile = False  # torch.compile the model: faster steps on GPU after a minute of compiling
+fsdp = False  # shard parameters, gradients and AdamW's state over the ranks (FSDP2; checkpoints become sharded out_dir/ckpt.dcp): for models whose training state outgrows one device
 seed = 1337
 # -----------------------------------------------------------------------------
 DEFAULTS = settings_of(globals())
@@ -151,6 +152,12 @@ def validate_settings(cfg):
             raise UserError(f"{key} must be one of {', '.join(allowed)}; got {getattr(cfg, key)!r}")
     if cfg.model_type == 'seq2seq' and cfg.init_from.startswith('gpt2'):
         raise UserError("GPT-2 weights initialise a gpt model only: use --model_type=gpt")
+    if cfg.fsdp and cfg.optimizer == 'muon':
+        raise UserError("optimizer='muon' does not work with fsdp=True: Muon orthogonalises each whole weight matrix, "
+                        "which FSDP splits across ranks; use optimizer='adamw', or fsdp=False (DDP)")
+    if cfg.fsdp and cfg.model_type == 'seq2seq' and cfg.bleu_sentences > 0:
+        raise UserError("fsdp=True needs bleu_sentences=0: BLEU decodes on rank 0 alone, and a sharded model runs "
+                        "only on all ranks together")
     if cfg.model_type != 'gpt' and (cfg.sampling != 'random' or cfg.align_documents):
         raise UserError("sampling='epoch' and align_documents=True work with gpt token data only")
 
@@ -245,7 +252,8 @@ class Trainer:
         self.setup_distributed()
         if self.device_type == 'cpu':
             keep_freed_memory()
-        torch.manual_seed(cfg.seed + self.rank)  # dropout differs per rank; DDP copies rank 0's initial weights
+        # dropout differs per rank; DDP copies rank 0's initial weights, FSDP needs them equal on every rank
+        torch.manual_seed(cfg.seed + (0 if cfg.fsdp else self.rank))
         torch.set_float32_matmul_precision('high')  # TF32 matmuls on GPUs that have them
         self.ptdtype = DTYPES[self.dtype]
         self.autocast = autocast(self.device_type, self.dtype)
@@ -263,15 +271,21 @@ class Trainer:
         self.running_mfu = -1.0
         checkpoint = self.build_model(explicit)
         self.raw_model = speed_up(self.model.to(self.device), self.device_type, self.dtype)
+        if cfg.fsdp:  # sharded in place, each block compiled first when compile=True
+            import sharding
+            sharding.shard_model(self.raw_model, self.device_type, self.dtype, cfg.compile)
+            torch.manual_seed(cfg.seed + self.rank)
+            self.log(f"fsdp over {self.world} ranks: rank 0 holds "
+                     f"{sharding.local_bytes(self.raw_model, [])['parameters']:,} bytes of parameters")
         self.optimizers = self.raw_model.configure_optimizers(
             cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), self.device_type, cfg.optimizer,
             cfg.muon_momentum)
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype == 'float16')
         if checkpoint is not None:
             self.restore(checkpoint)
-        if cfg.compile:
+        if cfg.compile and not cfg.fsdp:
             self.model = torch.compile(self.model)
-        if self.ddp:
+        if self.ddp and not cfg.fsdp:
             self.model = DDP(self.model, device_ids=[self.local_rank] if self.device_type == 'cuda' else None)
         self.lr = get_lr(cfg, self.iter_num, self.elapsed)
         self.peak = peak_flops(self.device, self.ptdtype) if self.master else 1.0
@@ -294,6 +308,12 @@ class Trainer:
             dist.init_process_group(backend=kind)
         else:
             self.rank, self.local_rank, self.world = 0, 0, 1
+            if cfg.fsdp:  # FSDP needs a process group, even of one
+                kind = cfg.backend if cfg.backend != 'auto' else 'nccl' if self.device.startswith('cuda') else 'gloo'
+                dist.init_process_group(backend=kind, store=dist.HashStore(), rank=0, world_size=1)
+        if cfg.fsdp and cfg.eval_iters % self.world:  # a sharded forward needs every rank: equal shares
+            raise UserError(f"fsdp=True needs eval_iters ({cfg.eval_iters}) to be a multiple of the number of "
+                            f"processes ({self.world})")
         self.master = self.rank == 0
         if cfg.gradient_accumulation_steps % self.world:
             raise UserError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be a multiple of "
@@ -316,14 +336,17 @@ class Trainer:
         cfg = self.cfg
         if cfg.init_from == 'resume' or (cfg.init_from == 'scratch'
                                          and int(os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)) > 0
-                                         and os.path.exists(os.path.join(cfg.out_dir, 'ckpt.pt'))):
-            checkpoint = load_checkpoint(cfg.out_dir)  # torchrun --max-restarts: a restarted worker resumes
+                                         and (os.path.exists(os.path.join(cfg.out_dir, 'ckpt.pt'))
+                                              or os.path.exists(os.path.join(cfg.out_dir, 'ckpt.dcp')))):
+            # torchrun --max-restarts: a restarted worker resumes. FSDP loads the weights later, sharded
+            checkpoint = load_checkpoint(cfg.out_dir, weights=not cfg.fsdp)
             check_resumable(cfg, checkpoint, explicit, self.meta)
             args = checkpoint['model_args']
             args.update({k: getattr(cfg, k) for k in TRAINING_ONLY if k in args})
             self.model = model_from_checkpoint(checkpoint, cfg.model_type)
             self.model_args = checkpoint['model_args']
-            self.log(f"resuming from {cfg.out_dir}/ckpt.pt at iteration {checkpoint['iter_num']}")
+            name = 'ckpt.dcp' if 'dcp' in checkpoint else 'ckpt.pt'
+            self.log(f"resuming from {cfg.out_dir}/{name} at iteration {checkpoint['iter_num']}")
             return checkpoint
         if cfg.init_from.startswith('gpt2'):
             try:
@@ -343,9 +366,16 @@ class Trainer:
     def restore(self, checkpoint):
         self.iter_num, self.best_val_loss = checkpoint['iter_num'], checkpoint.get('best_val_loss', float('inf'))
         self.skipped, self.elapsed = checkpoint.get('skipped_steps', 0), checkpoint.get('elapsed', 0.0)
+        if 'dcp' in checkpoint and self.cfg.fsdp:  # weights and optimizer state, each rank its shards
+            import sharding
+            sharding.load_sharded(checkpoint['dcp'], self.raw_model, self.optimizers)
         states = checkpoint.get('optimizer', [])
+        if self.cfg.fsdp:  # from a ckpt.pt the weights came whole (build_model); its optimizer state is not sharded
+            states = [] if 'dcp' in checkpoint else None
         states = states if isinstance(states, list) else [states]  # nanoGPT saved one dict
-        if len(states) == len(self.optimizers):
+        if states == []:
+            pass
+        elif states is not None and len(states) == len(self.optimizers):
             for opt, state in zip(self.optimizers, states):
                 opt.load_state_dict(state)
         else:
@@ -465,7 +495,8 @@ class Trainer:
 
     def gradient_sync(self, last):
         """DDP: all-reduce the gradients only in the last micro-step's backward; the others accumulate."""
-        return self.model.no_sync() if self.ddp and not last else nullcontext()
+        # FSDP reduce-scatters in every micro-step's backward: the gradients stay sharded (1/N of the memory)
+        return self.model.no_sync() if self.ddp and not last and not self.cfg.fsdp else nullcontext()
 
     def backward(self, loss):
         """float16: the loss scaled up so that small gradients do not underflow (unscaled before clipping)."""
@@ -475,7 +506,10 @@ class Trainer:
         """Clip the gradients to norm grad_clip (0: no clipping). Returns their norm before clipping."""
         for opt in self.optimizers:
             self.scaler.unscale_(opt)
-        return torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.cfg.grad_clip or float('inf')).item()
+        clip = torch.nn.utils.clip_grad_norm_
+        if self.cfg.fsdp:  # the norm over every rank's shards
+            from sharding import clip_grad_norm as clip
+        return clip(self.raw_model.parameters(), self.cfg.grad_clip or float('inf')).item()
 
     def gradients_finite(self, grad_norm):
         """False for a NaN or inf in the loss or gradients: that step is skipped rather than ruin the
@@ -599,7 +633,12 @@ class Trainer:
 
     def save(self):
         checkpoint = self.checkpoint()  # every rank takes part: it gathers their RNG states
-        if self.master:
+        if self.cfg.fsdp:  # every rank writes its shards
+            import sharding
+            extra = {key: value for key, value in checkpoint.items() if key not in ('model', 'optimizer')}
+            sharding.save_sharded(self.cfg.out_dir, self.raw_model, self.optimizers, extra, self.cfg.keep_last)
+            self.log(f"saving checkpoint to {self.cfg.out_dir}")
+        elif self.master:
             save_checkpoint(checkpoint, self.cfg.out_dir, self.cfg.keep_last)
             print(f"saving checkpoint to {self.cfg.out_dir}", flush=True)
 
