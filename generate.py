@@ -9,6 +9,7 @@ encoder-decoder alike.
 - find_stop: where a stop string ends a text.
 - greedy_decode, beam_search: an encoder-decoder writes a translation.
 - translate: sentences in, sentences out, batched by length.
+- fill_masks, classify: an encoder's guesses for [MASK] tokens, and its labels of sentences.
 
 The models call into this module (GPT.generate, Seq2SeqTransformer.generate); it never imports
 them, it only calls their forward (GPT) or encode/decode (encoder-decoder).
@@ -266,4 +267,54 @@ def translate(model, sentences, tokenizer, device='cpu', beam_size=1, length_pen
             src[row, :len(ids[i])] = torch.tensor(ids[i])
         for i, hypothesis in zip(chunk, model.generate(src.to(device), beam_size=beam_size, length_penalty=length_penalty)):
             out[i] = tokenizer.decode(hypothesis)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Encoder: fills and labels
+
+
+def framed(tokenizer, text, max_len=None):
+    """[CLS] text [SEP] as ids, the text cut to max_len tokens in all when given (learned positions)."""
+    ids = tokenizer.encode(text)
+    if max_len is not None:
+        ids = ids[:max_len - 2]
+    return [tokenizer.cls_id, *ids, tokenizer.sep_id]
+
+
+@torch.inference_mode()
+def fill_masks(model, tokenizer, text, k=5, device='cpu'):
+    """For each [MASK] in text, in order: the k likeliest tokens there and their probabilities,
+    as a list of (token string, probability) lists. Every [MASK] is guessed from the whole text."""
+    ids = torch.tensor([framed(tokenizer, text)], device=device)
+    logits, _ = model(ids)
+    probs = F.softmax(logits[0, ids[0] == tokenizer.mask_id].float(), dim=-1)
+    top = probs.topk(min(k, probs.size(-1)), dim=-1)
+    return [[(tokenizer.id_to_token(i), p) for i, p in zip(ids_.tolist(), ps.tolist())]
+            for ids_, ps in zip(top.indices, top.values)]
+
+
+@torch.inference_mode()
+def classify(model, tokenizer, sentences, device='cpu', batch_size=64):
+    """Sentences (str) -> (class number, its probability) for each. Sentences of similar length share
+    a batch; the padding is masked, so a sentence gets the same label alone or in any batch. With
+    learned positions a sentence longer than block_size is read from its first block_size tokens."""
+    limit = model.config.block_size if model.config.pos_emb == 'learned' else None
+    ids = [framed(tokenizer, s) for s in sentences]
+    too_long = [i + 1 for i, x in enumerate(ids) if limit is not None and len(x) > limit]
+    if too_long:
+        print(f"warning: {len(too_long)} sentence(s) longer than the model's block_size of {limit} tokens "
+              f"labelled from their first {limit} tokens: line(s) {', '.join(map(str, too_long))}", file=sys.stderr)
+        ids = [framed(tokenizer, s, limit) for s in sentences]
+    out = [None] * len(ids)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        tokens = torch.full((len(chunk), max(len(ids[i]) for i in chunk)), model.config.pad_id, dtype=torch.long)
+        for row, i in enumerate(chunk):
+            tokens[row, :len(ids[i])] = torch.tensor(ids[i])
+        probs = F.softmax(model(tokens.to(device))[0].float(), dim=-1)
+        best = probs.max(dim=-1)
+        for i, label, p in zip(chunk, best.indices.tolist(), best.values.tolist()):
+            out[i] = (label, p)
     return out

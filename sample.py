@@ -1,11 +1,14 @@
 """
-Sample from a trained model, from GPT-2's weights, or translate with an encoder-decoder:
+Sample from a trained model, from GPT-2's weights, translate with an encoder-decoder, or ask an
+encoder to fill [MASK]s or label sentences:
 
     python sample.py                                         # from what `python train.py` trained
     python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --num_samples=3
     python sample.py --out_dir=out-shakespeare-char --start=FILE:prompt.txt
     python sample.py --out_dir=out-multi30k --start="Zwei Hunde spielen im Schnee."
     python sample.py --out_dir=out-multi30k --start=FILE:data/multi30k/test.de.txt --reference=data/multi30k/test.en.txt
+    python sample.py --out_dir=out-mlm-reviews-cpu --start="this movie is [MASK] ."
+    python sample.py --out_dir=out-sst2-cpu --start=FILE:data/sst2/val.txt --reference=data/sst2/val.labels.txt
 """
 
 import codecs
@@ -20,7 +23,7 @@ import generate
 from checkpoint import load_checkpoint, model_from_checkpoint, tokenizer_state
 from configurator import UserError, configure, run_cli, settings_of
 from device import inference_dtype, resolve_device, speed_up
-from model import GPT
+from model import GPT, Encoder
 from tokenizer import TiktokenTokenizer, tokenizer_from_state
 
 # -----------------------------------------------------------------------------
@@ -41,7 +44,9 @@ batch_size = 64  # rows generated at once: samples of a GPT, sentences to transl
 # seq2seq (translation)
 beam_size = 4
 length_penalty = 0.6
-reference = ''  # a file of reference translations: print the BLEU score of the output against it
+reference = ''  # a file of reference translations (or labels): print the BLEU score (or accuracy) of the output
+# encoder
+fills = 5  # masked-language model: the likeliest tokens shown for each [MASK]
 # -----------------------------------------------------------------------------
 DEFAULTS = settings_of(globals())
 SEPARATOR = '---------------'
@@ -162,6 +167,7 @@ def generate_text(cfg, model, tokenizer, prompt, run_device):
 
 def translate_text(cfg, model, tokenizer, source, run_device, checkpoint):
     sentences = source.splitlines() if cfg.start.startswith('FILE:') else [source.strip()]
+    references = read_reference(cfg, len(sentences), "sentences are to be translated") if cfg.reference else None
     t0 = time.time()
     try:
         translations = generate.translate(model, sentences, tokenizer, run_device, cfg.beam_size, cfg.length_penalty,
@@ -170,26 +176,35 @@ def translate_text(cfg, model, tokenizer, source, run_device, checkpoint):
         raise UserError(str(e)) from None
     for line in translations:
         print(line)
-    if cfg.reference:
-        report_bleu(cfg, translations, model, checkpoint, time.time() - t0)
+    if references is not None:
+        report_bleu(cfg, translations, references, model, checkpoint, time.time() - t0)
 
 
-def report_bleu(cfg, translations, model, checkpoint, seconds):
+def report_bleu(cfg, translations, references, model, checkpoint, seconds):
     try:
         import sacrebleu
     except ImportError:
         raise UserError("BLEU needs sacrebleu: pip install sacrebleu") from None
+    bleu = sacrebleu.corpus_bleu(translations, [references])
+    print(f"{bleu} | {trained_summary(model, checkpoint)} | translated in {seconds:.1f} s (beam {cfg.beam_size})",
+          file=sys.stderr)
+
+
+def read_reference(cfg, count, what):
+    """The lines of the reference file, one per input line."""
     if not os.path.isfile(cfg.reference):
         raise UserError(f"reference file {cfg.reference} not found")
     with open(cfg.reference, encoding='utf-8') as f:
         references = f.read().splitlines()
-    if len(references) != len(translations):
-        raise UserError(f"{cfg.reference} has {len(references)} lines but {len(translations)} sentences were translated")
-    bleu = sacrebleu.corpus_bleu(translations, [references])
+    if len(references) != count:
+        raise UserError(f"{cfg.reference} has {len(references)} lines but {count} {what}")
+    return references
+
+
+def trained_summary(model, checkpoint):
     trained = checkpoint.get('elapsed', 0.0) if checkpoint else 0.0
-    print(f"{bleu} | {model.get_num_params() / 1e6:.1f}M parameters | trained {trained / 60:.1f} min, "
-          f"{checkpoint['iter_num'] if checkpoint else 0} iterations | translated in {seconds:.1f} s "
-          f"(beam {cfg.beam_size})", file=sys.stderr)
+    return (f"{model.get_num_params() / 1e6:.1f}M parameters | trained {trained / 60:.1f} min, "
+            f"{checkpoint['iter_num'] if checkpoint else 0} iterations")
 
 
 def compile_generation_step(model):
@@ -199,11 +214,59 @@ def compile_generation_step(model):
     setattr(model, name, torch.compile(getattr(model, name), dynamic=True))
 
 
+# ---------------------------------------------------------------------------
+# Encoder: fills of [MASK] (a masked-language model) or labels (a classifier)
+
+
+def fill_text(cfg, model, tokenizer, text, run_device):
+    lines = text.splitlines() if cfg.start.startswith('FILE:') else [text.strip()]
+    for number, line in enumerate(lines, 1):
+        if '[MASK]' not in line:
+            where = f"line {number} of {cfg.start[len('FILE:'):]}" if len(lines) > 1 else "the text"
+            raise UserError(f"{where} has no [MASK]: this masked-language model fills [MASK]s (write one where a word "
+                            f"should go); to label sentences, fine-tune it into a classifier first")
+        print(line)
+        for k, candidates in enumerate(generate.fill_masks(model, tokenizer, line, cfg.fills, run_device), 1):
+            shown = '  '.join(f"{token.replace(chr(0x2581), ' ').strip() or token} {p:.3f}" for token, p in candidates)
+            print(f"  [MASK] {k}: {shown}")
+
+
+def label_text(cfg, model, tokenizer, text, run_device, checkpoint):
+    from_file = cfg.start.startswith('FILE:')
+    sentences = text.splitlines() if from_file else [text.strip()]
+    for number, sentence in enumerate(sentences, 1):
+        where = f"line {number} of {cfg.start[len('FILE:'):]}" if from_file else "the text"
+        if '[MASK]' in sentence:
+            raise UserError(f"{where} has a [MASK], but this checkpoint is a classifier: it labels sentences; "
+                            f"fill [MASK]s with the masked-language model it was fine-tuned from")
+        if not sentence.strip():
+            raise UserError(f"{where} is empty: a classifier labels one sentence per line")
+    names = checkpoint.get('label_names') or [str(i) for i in range(model.config.n_classes)]
+    references = read_reference(cfg, len(sentences), "sentences are to be labelled") if cfg.reference else None
+    unknown = sorted(set(references or ()) - set(names))
+    if unknown:
+        raise UserError(f"{cfg.reference} has labels the model does not know: {', '.join(map(repr, unknown[:5]))} "
+                        f"(its labels: {', '.join(names)})")
+    t0 = time.time()
+    predictions = generate.classify(model, tokenizer, sentences, run_device, cfg.batch_size)
+    for label, p in predictions:
+        print(names[label] if from_file else f"{names[label]} (probability {p:.3f})")
+    if references is not None:
+        report_accuracy([names[label] for label, _ in predictions], references, model, checkpoint, time.time() - t0)
+
+
+def report_accuracy(predicted, references, model, checkpoint, seconds):
+    correct = sum(p == r for p, r in zip(predicted, references))
+    print(f"accuracy {100 * correct / len(references):.2f}% ({correct}/{len(references)}) | "
+          f"{trained_summary(model, checkpoint)} | labelled in {seconds:.1f} s", file=sys.stderr)
+
+
 def validate(cfg):
     if cfg.temperature < 0 or cfg.num_samples < 0 or cfg.max_new_tokens < 0 or cfg.top_k < 0 or not 0 < cfg.top_p <= 1:
         raise UserError("temperature, num_samples, max_new_tokens and top_k must be >= 0, top_p in (0, 1]")
-    if cfg.beam_size < 1 or cfg.batch_size < 1:
-        raise UserError(f"beam_size and batch_size must be at least 1, got {cfg.beam_size} and {cfg.batch_size}")
+    if cfg.beam_size < 1 or cfg.batch_size < 1 or cfg.fills < 1:
+        raise UserError(f"beam_size, batch_size and fills must be at least 1, got {cfg.beam_size}, {cfg.batch_size} "
+                        f"and {cfg.fills}")
 
 
 def main(argv=None):
@@ -222,6 +285,13 @@ def main(argv=None):
     prompt = read_prompt(cfg.start)
     if isinstance(model, GPT):
         generate_text(cfg, model, tokenizer, prompt, run_device)
+    elif isinstance(model, Encoder) and model.config.n_classes:
+        label_text(cfg, model, tokenizer, prompt, run_device, checkpoint)
+    elif isinstance(model, Encoder):
+        if cfg.reference:
+            raise UserError("this checkpoint is a masked-language model: it has no labels to score against "
+                            "--reference; fine-tune it into a classifier first")
+        fill_text(cfg, model, tokenizer, prompt, run_device)
     else:
         translate_text(cfg, model, tokenizer, prompt, run_device, checkpoint)
 
