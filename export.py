@@ -1,7 +1,8 @@
 """
-Export a trained GPT to a Hugging Face folder, for the transformers ecosystem:
+Export a trained GPT or encoder to a Hugging Face folder, for the transformers ecosystem:
 
     python export.py --out_dir=out-shakespeare-char --to=hf-shakespeare-char
+    python export.py --out_dir=out-sst2-cpu --to=hf-sst2      # an encoder: RoBERTa (pre-layer-norm)
 
 The folder holds the weights (model.safetensors), config.json and the tokenizer, so that
 
@@ -11,7 +12,10 @@ The folder holds the weights (model.safetensors), config.json and the tokenizer,
     print(pipeline('text-generation', model='hf-shakespeare-char')('ROMEO:', max_new_tokens=100))
 
 work. Our GPT with its default architecture is GPT-2, so the export is exact (the same logits);
-the modern options (RoPE, RMSNorm, SwiGLU, ...) have no GPT-2 equivalent and are refused.
+the modern options (RoPE, RMSNorm, SwiGLU, ...) have no GPT-2 equivalent and are refused. An
+encoder with the classic architecture is transformers' RobertaPreLayerNorm (pre-norm blocks, as
+ours): AutoModelForMaskedLM or AutoModelForSequenceClassification, and pipeline('fill-mask') or
+pipeline('text-classification'), load the folder.
 """
 
 import json
@@ -34,7 +38,9 @@ to = ''  # the folder to write; '' = <out_dir>/hf
 # -----------------------------------------------------------------------------
 DEFAULTS = settings_of(globals())
 
-GPT2_ARCHITECTURE = {'pos_emb': ('learned',), 'norm': ('layernorm',), 'qk_norm': (False,), 'mlp': ('gelu', 'gelu_tanh')}
+# what GPT-2 and RoBERTa can express: the classic architecture
+CLASSIC_ARCHITECTURE = {'pos_emb': ('learned',), 'norm': ('layernorm',), 'qk_norm': (False,), 'mlp': ('gelu', 'gelu_tanh')}
+HF_FAMILY = {'gpt': 'GPT-2', 'encoder': 'RoBERTa'}
 GPT2_ENCODINGS = ('gpt2', 'r50k_base')  # tiktoken's names for GPT-2's BPE (the same ranks)
 
 
@@ -47,22 +53,22 @@ def import_transformers():
 
 
 def check_exportable(checkpoint, trained_tokenizer):
-    """A one-line UserError naming the setting when transformers' GPT-2 cannot express the model."""
+    """A one-line UserError naming the setting when transformers' GPT-2 (or RoBERTa) cannot express the model."""
     kind = checkpoint.get('model_type', 'gpt')
-    if kind != 'gpt':
-        raise UserError(f"model_type={kind}: only gpt (decoder-only) models can be exported as GPT-2")
-    args = checkpoint['model_args']
-    for key, allowed in GPT2_ARCHITECTURE.items():
+    if kind not in HF_FAMILY:
+        raise UserError(f"model_type={kind}: only gpt (as GPT-2) and encoder (as RoBERTa) models can be exported")
+    family, args = HF_FAMILY[kind], checkpoint['model_args']
+    for key, allowed in CLASSIC_ARCHITECTURE.items():
         if args.get(key, allowed[0]) not in allowed:
-            raise UserError(f"{key}={args[key]!r} has no GPT-2 equivalent (GPT-2 needs {key}="
+            raise UserError(f"{key}={args[key]!r} has no {family} equivalent ({family} needs {key}="
                             f"{' or '.join(map(repr, allowed))}): this checkpoint cannot be exported")
     if args.get('n_kv_head', 0) not in (0, args['n_head']):
-        raise UserError(f"n_kv_head={args['n_kv_head']} (grouped-query attention) has no GPT-2 equivalent "
-                        f"(GPT-2 needs n_kv_head=0 or n_head={args['n_head']}): this checkpoint cannot be exported")
+        raise UserError(f"n_kv_head={args['n_kv_head']} (grouped-query attention) has no {family} equivalent "
+                        f"({family} needs n_kv_head=0 or n_head={args['n_head']}): this checkpoint cannot be exported")
     kind, name = trained_tokenizer.get('kind'), trained_tokenizer.get('name')
-    if kind != 'char' and not (kind == 'tiktoken' and name in GPT2_ENCODINGS):
-        raise UserError(f"the checkpoint's tokenizer ({name or kind}) cannot be exported: only character-level "
-                        f"and GPT-2 BPE tokenizers can")
+    exportable = kind == 'masked_lm' if family == 'RoBERTa' else kind == 'char' or kind == 'tiktoken' and name in GPT2_ENCODINGS
+    if not exportable:
+        raise UserError(f"the checkpoint's tokenizer ({name or kind}) cannot be exported with a {family} model")
 
 
 # ---------------------------------------------------------------------------
@@ -99,6 +105,70 @@ def save_model(checkpoint, folder, eot_token):
     hf_model = transformers.GPT2LMHeadModel(hf_config(checkpoint['model_args'], eot_token))
     hf_model.load_state_dict(hf_state_dict(model, hf_model.state_dict()))  # strict: every weight is set
     hf_model.save_pretrained(folder)  # config.json, model.safetensors, generation_config.json
+
+
+# ---------------------------------------------------------------------------
+# The encoder as RoBERTa with pre-layer-norm
+
+# transformers' names -> ours, by fragments replaced in this order (the attention's output dense before
+# the MLP's, lm_head before its parts)
+ROBERTA_NAMES = (
+    ('roberta_prelayernorm.embeddings.word_embeddings', 'wte'), ('roberta_prelayernorm.embeddings.LayerNorm', 'emb_norm'),
+    ('roberta_prelayernorm.LayerNorm', 'ln_f'), ('roberta_prelayernorm.encoder.layer.', 'h.'),
+    ('.attention.LayerNorm', '.ln_1'), ('.attention.output.dense', '.attn.c_proj'),
+    ('.intermediate.LayerNorm', '.ln_2'), ('.intermediate.dense', '.mlp.c_fc'), ('.output.dense', '.mlp.c_proj'),
+    ('lm_head.', 'mlm_head.'), ('mlm_head.layer_norm', 'mlm_head.norm'), ('mlm_head.decoder.bias', 'mlm_head.bias'),
+)
+QKV = ('query', 'key', 'value')  # RoBERTa's three matrices are the thirds of our c_attn
+
+
+def roberta_config(args, label_names):
+    transformers = import_transformers()
+    dropout = args.get('dropout', 0.0)  # used only if the exported model is trained further
+    labels = {}
+    if args['n_classes']:
+        labels = dict(num_labels=args['n_classes'], id2label=dict(enumerate(label_names)),
+                      label2id={name: i for i, name in enumerate(label_names)})
+    return transformers.RobertaPreLayerNormConfig(
+        vocab_size=args['vocab_size'], hidden_size=args['n_embd'], num_hidden_layers=args['n_layer'],
+        num_attention_heads=args['n_head'], intermediate_size=4 * args['n_embd'],
+        hidden_act=HF_ACTIVATION[args.get('mlp', 'gelu')], hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+        # RoBERTa numbers positions from pad_id + 1 (the rows before are never used)
+        max_position_embeddings=args['block_size'] + args['pad_id'] + 1, type_vocab_size=1, layer_norm_eps=1e-5,
+        pad_token_id=args['pad_id'], tie_word_embeddings=args.get('tie_embeddings', True), **labels)
+
+
+def roberta_tensor(name, hf_tensor, ours, first_position):
+    """transformers' tensor `name` from our state dict `ours`."""
+    if name.endswith('position_embeddings.weight'):
+        table = torch.zeros_like(hf_tensor)
+        table[first_position:first_position + len(ours['wpe.weight'])] = ours['wpe.weight']
+        return table
+    if name.endswith('token_type_embeddings.weight'):  # one segment type, adding nothing
+        return torch.zeros_like(hf_tensor)
+    for theirs, our_name in ROBERTA_NAMES:
+        name = name.replace(theirs, our_name)
+    part = next((p for p in QKV if f'.attention.self.{p}.' in name), None)
+    if part is not None:
+        name = name.replace(f'.attention.self.{part}.', '.attn.c_attn.')
+    if name not in ours:  # a bias=False model: a zero bias adds nothing (exact)
+        assert name.endswith('bias'), name
+        return torch.zeros_like(hf_tensor)
+    return ours[name] if part is None else ours[name].chunk(3, dim=0)[QKV.index(part)]
+
+
+def save_encoder(checkpoint, folder):
+    transformers = import_transformers()
+    model = model_from_checkpoint(checkpoint, 'encoder')
+    args = dict(vars(model.config))
+    names = checkpoint.get('label_names') or [str(i) for i in range(args['n_classes'])]
+    head = transformers.RobertaPreLayerNormForSequenceClassification if args['n_classes'] else \
+        transformers.RobertaPreLayerNormForMaskedLM
+    hf_model = head(roberta_config(args, names))
+    ours = model.state_dict()
+    hf_model.load_state_dict({name: roberta_tensor(name, tensor, ours, args['pad_id'] + 1)
+                              for name, tensor in hf_model.state_dict().items()})  # strict: every weight is set
+    hf_model.save_pretrained(folder)
 
 
 # ---------------------------------------------------------------------------
@@ -161,8 +231,25 @@ def save_char_tokenizer(chars, folder, block_size):
     tokenizer = Tokenizer(models.WordLevel({ch: i for i, ch in enumerate(chars)}, unk_token='<unk>'))
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r'[\s\S]'), behavior='isolated')  # every character alone
     tokenizer.decoder = decoders.Fuse()  # join the characters back without spaces
+    return save_fast_tokenizer(tokenizer, folder, block_size)
+
+
+def save_masked_lm_tokenizer(state, folder, block_size):
+    """The encoder's BPE, as it is, with RoBERTa's framing of a text added: [CLS] text [SEP]."""
+    from tokenizers import Tokenizer, processors
+    tokenizer = Tokenizer.from_str(state['json'])
+    cls_id, sep_id = tokenizer.token_to_id('[CLS]'), tokenizer.token_to_id('[SEP]')
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single='[CLS] $A [SEP]', pair='[CLS] $A [SEP] $B:1 [SEP]:1', special_tokens=[('[CLS]', cls_id), ('[SEP]', sep_id)])
+    return save_fast_tokenizer(tokenizer, folder, block_size, cls_token='[CLS]', sep_token='[SEP]', pad_token='[PAD]',
+                               mask_token='[MASK]', unk_token='[UNK]')
+
+
+def save_fast_tokenizer(tokenizer, folder, block_size, **special_tokens):
+    """A `tokenizers` object as a folder AutoTokenizer loads (with these special tokens named)."""
+    transformers = import_transformers()
     tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, clean_up_tokenization_spaces=False, model_max_length=block_size)
+        tokenizer_object=tokenizer, clean_up_tokenization_spaces=False, model_max_length=block_size, **special_tokens)
     tokenizer.save_pretrained(folder)
     # transformers 5 names the class TokenizersBackend, which earlier versions lack; all know this name
     config_path = os.path.join(folder, 'tokenizer_config.json')
@@ -176,6 +263,8 @@ def save_char_tokenizer(chars, folder, block_size):
 def save_tokenizer(state, folder, block_size):
     if state['kind'] == 'char':
         return save_char_tokenizer(state['chars'], folder, block_size)
+    if state['kind'] == 'masked_lm':
+        return save_masked_lm_tokenizer(state, folder, block_size)
     return save_gpt2_tokenizer(state['name'], folder, block_size)
 
 
@@ -187,7 +276,10 @@ def export(checkpoint, folder):
     check_exportable(checkpoint, trained_tokenizer)
     os.makedirs(folder, exist_ok=True)
     tokenizer = save_tokenizer(trained_tokenizer, folder, checkpoint['model_args']['block_size'])
-    save_model(checkpoint, folder, tokenizer.eos_token_id)
+    if checkpoint.get('model_type') == 'encoder':
+        save_encoder(checkpoint, folder)
+    else:
+        save_model(checkpoint, folder, tokenizer.eos_token_id)
 
 
 def main(argv=None):
@@ -198,7 +290,9 @@ def main(argv=None):
     checkpoint = load_checkpoint(config['out_dir'])
     import_transformers().utils.logging.disable_progress_bar()  # bars for a few small files are noise
     export(checkpoint, folder)
-    print(f"wrote {folder}: load it with transformers' AutoModelForCausalLM.from_pretrained({folder!r}) "
+    auto = {'gpt': 'AutoModelForCausalLM', 'encoder': 'AutoModelForSequenceClassification'
+            if checkpoint['model_args'].get('n_classes') else 'AutoModelForMaskedLM'}[checkpoint.get('model_type', 'gpt')]
+    print(f"wrote {folder}: load it with transformers' {auto}.from_pretrained({folder!r}) "
           f"and AutoTokenizer.from_pretrained({folder!r})")
 
 
