@@ -124,8 +124,9 @@ def measure_training(trainer, warmup_steps, measure_steps):
         'tokens_per_iter': tokens / measure_steps,
         'ms_per_iter': step_time * 1000,
         'tokens_per_sec': tokens / measure_steps / step_time,
-        'mfu': trainer.raw_model.estimate_mfu(tokens / measure_steps, step_time, trainer.peak),
-        'peak_flops': trainer.peak,
+        # of one device, rank 0's (only it measures its peak: under torchrun the table is rank 0's)
+        'mfu': trainer.mfu(tokens / measure_steps, step_time) if trainer.master else None,
+        'peak_flops': trainer.peak if trainer.master else None,
         'peak_memory_mib': memory,
         'peak_memory_kind': memory_kind,
     }
@@ -229,6 +230,11 @@ def main(argv=None):
         if settings['init_from'] != 'resume':  # the Trainer sets up out_dir for a new run (and clears its metrics)
             settings['out_dir'] = scratch
         results = run_bench(train.Settings(**settings), explicit - set(BENCH_DEFAULTS), bench)
+    if torch.distributed.is_initialized():  # under torchrun: rank 0 reports, for the device it ran on
+        rank = torch.distributed.get_rank()
+        torch.distributed.destroy_process_group()
+        if rank != 0:
+            return results
     if bench['json']:
         print(json.dumps(results))
     else:

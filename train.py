@@ -15,6 +15,7 @@ Settings are the module-level variables below (`python train.py --help` lists th
 for how they are overridden. The loop gets them as one Settings object, `cfg`.
 """
 
+import inspect
 import json
 import math
 import os
@@ -32,7 +33,8 @@ import generate
 from checkpoint import load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint, set_rng_state
 from configurator import UserError, configure, run_cli, settings_of
 from data import EpochSampler, SentencePairs, TokenStream
-from device import DTYPES, autocast, keep_freed_memory, peak_flops, resolve_device, speed_up, training_dtype
+from device import (DTYPES, autocast, compile_supported, keep_freed_memory, peak_flops, resolve_device, speed_up,
+                    training_dtype)
 from model import GPT, GPTConfig, Seq2SeqConfig, Seq2SeqTransformer, config_fields
 from tokenizer import TiktokenTokenizer, load_meta, tokenizer_from_meta, tokenizer_from_state
 
@@ -44,7 +46,7 @@ from tokenizer import TiktokenTokenizer, load_meta, tokenizer_from_meta, tokeniz
 # I/O
 out_dir = 'out'
 eval_interval = 250
-log_interval = 10
+log_interval = 10  # also how often DDP ranks agree to stop (a signal, max_time): up to log_interval - 1 steps late
 eval_iters = 20  # batches per split in each evaluation
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # False: save only when the validation loss improves
@@ -234,6 +236,32 @@ def check_resumable(cfg, checkpoint, explicit, meta):
                         f"has {saved['vocab_size']}: resume with the dataset it was trained on")
 
 
+def keep_fused(optimizer):
+    """After load_state_dict: the fused kernels as this device decided them (configure_optimizers),
+    not as the saved run's device did (load_state_dict restores the saved `fused` flag: a checkpoint
+    from MPS would resume unfused on CUDA, and fail the fused step that float16's scaler expects)."""
+    fused = optimizer.defaults.get('fused')
+    if fused is None:  # an optimizer without fused kernels (Muon)
+        return
+    for group in optimizer.param_groups:
+        group['fused'] = fused
+        for p in group['params'] if fused else ():  # the fused step keeps the step counts on the parameters' device
+            step = optimizer.state.get(p, {}).get('step')
+            if torch.is_tensor(step):
+                optimizer.state[p]['step'] = step.to(p.device, torch.float32)
+
+
+def compiles(wanted, device, log):
+    """Whether to torch.compile the model: as asked, except on GPUs older than Volta (compute
+    capability 7.0), where Triton has no kernels: there compile is turned off with a line saying why."""
+    if wanted and not compile_supported(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        log(f"compile=True turned off: torch.compile needs a GPU of compute capability 7.0 or newer, "
+            f"{device} has {major}.{minor}")
+        return False
+    return wanted
+
+
 # -----------------------------------------------------------------------------
 # The loop
 
@@ -266,14 +294,13 @@ class Trainer:
             self.log(f"epoch sampling: {self.data_rng.n:,} rows an epoch, "
                      f"{self.data_rng.n / (cfg.batch_size * cfg.gradient_accumulation_steps):,.1f} iterations")
         self.iter_num, self.best_val_loss, self.skipped, self.elapsed = 0, float('inf'), 0, 0.0
-        self.bad_in_a_row = 0  # non-finite steps since the last good one
         self.val_tokens_per_byte = None  # for bits per byte, measured at the first evaluation
         self.running_mfu = -1.0
         checkpoint = self.build_model(explicit)
         self.raw_model = speed_up(self.model.to(self.device), self.device_type, self.dtype)
         if cfg.fsdp:  # sharded in place, each block compiled first when compile=True
             import sharding
-            sharding.shard_model(self.raw_model, self.device_type, self.dtype, cfg.compile)
+            sharding.shard_model(self.raw_model, self.device_type, self.dtype, compiles(cfg.compile, self.device, self.log))
             torch.manual_seed(cfg.seed + self.rank)
             self.log(f"fsdp over {self.world} ranks: rank 0 holds "
                      f"{sharding.local_bytes(self.raw_model, [])['parameters']:,} bytes of parameters")
@@ -281,12 +308,20 @@ class Trainer:
             cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), self.device_type, cfg.optimizer,
             cfg.muon_momentum)
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype == 'float16')
+        # skipped steps counted on the device (no host sync per step), read when logging or saving:
+        # [skipped since last read, bad steps in a row]
+        self.skip_counts = torch.zeros(2, device=self.device)
         if checkpoint is not None:
             self.restore(checkpoint)
-        if cfg.compile and not cfg.fsdp:
+        if not cfg.fsdp and compiles(cfg.compile, self.device, self.log):
             self.model = torch.compile(self.model)
         if self.ddp and not cfg.fsdp:
-            self.model = DDP(self.model, device_ids=[self.local_rank] if self.device_type == 'cuda' else None)
+            # the buffers (position tables) are constants: not broadcast in every forward, which would also
+            # hang an evaluation whose ranks run different numbers of forwards
+            no_sync = {'forward_sync_buffers' if 'forward_sync_buffers' in inspect.signature(DDP).parameters
+                       else 'broadcast_buffers': False}  # torch 2.13 renamed it
+            self.model = DDP(self.model, device_ids=[self.local_rank] if self.device_type == 'cuda' else None,
+                             **no_sync)
         self.lr = get_lr(cfg, self.iter_num, self.elapsed)
         self.peak = peak_flops(self.device, self.ptdtype) if self.master else 1.0
         self.metrics_path = os.path.join(cfg.out_dir, 'metrics.jsonl')
@@ -318,6 +353,9 @@ class Trainer:
         if cfg.gradient_accumulation_steps % self.world:
             raise UserError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be a multiple of "
                             f"the number of processes ({self.world})")
+        if cfg.eval_iters < self.world:  # a rank without an eval batch would leave the others' collectives waiting
+            raise UserError(f"eval_iters ({cfg.eval_iters}) must be at least the number of processes ({self.world}): "
+                            f"each evaluates its share of the batches")
         self.accum = cfg.gradient_accumulation_steps // self.world  # micro-steps of this rank
         self.device_type = torch.device(self.device).type
         self.dtype = training_dtype(cfg.dtype, self.device_type)
@@ -378,9 +416,10 @@ class Trainer:
         elif states is not None and len(states) == len(self.optimizers):
             for opt, state in zip(self.optimizers, states):
                 opt.load_state_dict(state)
+                keep_fused(opt)
         else:
             self.log("the checkpoint's optimizer differs from this run's: its state starts fresh")
-        if 'scaler' in checkpoint:
+        if checkpoint.get('scaler'):  # a run without a scaler (not float16) saved {}: then a float16 one starts afresh
             self.scaler.load_state_dict(checkpoint['scaler'])
         sampler = 'sampler' if isinstance(self.data_rng, EpochSampler) else 'data_rng'
         if sampler in checkpoint:
@@ -409,11 +448,15 @@ class Trainer:
         cfg = self.cfg
         local_iter, step_time = 0, 0.0
         start = time.time() - self.elapsed
+        clock = self.elapsed  # rank 0's clock as every rank knows it: the learning rate follows it under max_time
         while True:
             if self.master:
                 self.elapsed = time.time() - start
-            stop, time_up = self.should_stop()
-            self.lr = get_lr(cfg, self.iter_num, self.elapsed)
+            # one process: checked at every step, at no cost. DDP: the ranks must agree, which takes a
+            # collective and a host sync, so they check every log_interval steps (and at the first)
+            if not self.ddp or local_iter == 0 or self.iter_num % cfg.log_interval == 0:
+                stop, time_up, clock = self.should_stop()
+            self.lr = get_lr(cfg, self.iter_num, clock)
             if stop:  # preempted or interrupted: save where we are, exit cleanly
                 self.log(f"signal received: saving at iteration {self.iter_num} and exiting")
                 self.save()
@@ -436,14 +479,15 @@ class Trainer:
             self.wandb.finish()
 
     def should_stop(self):
-        """(stop signal, time is up), agreed on by all ranks: rank 0's clock decides."""
+        """(stop signal, time is up, seconds elapsed), agreed on by all ranks: rank 0's clock decides.
+        Under DDP: one collective and one host sync."""
         stop = stop_signal is not None
         if self.ddp:
             flags = torch.tensor([float(stop), self.elapsed if self.master else 0.0], dtype=torch.float64,
                                  device=self.device)
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-            stop, self.elapsed = bool(flags[0].item()), flags[1].item()
-        return stop, self.cfg.max_time > 0 and self.elapsed >= self.cfg.max_time
+            stop, self.elapsed = flags.tolist()
+        return bool(stop), self.cfg.max_time > 0 and self.elapsed >= self.cfg.max_time, self.elapsed
 
     # -------------------------------------------------------------------------
     # One optimizer step
@@ -462,8 +506,7 @@ class Trainer:
                 self.backward(loss * weight * self.world)  # times world: DDP averages the ranks' gradients
             loss_sum += loss.detach().float() * weight
         grad_norm = self.clip_gradients()
-        if self.gradients_finite(grad_norm):
-            self.optimizer_step()
+        self.optimizer_step(skip=self.count_bad_step(grad_norm, loss_sum))
         self.scaler.update()
         self.zero_grad()
         return loss_sum, total_targets, grad_norm
@@ -506,30 +549,68 @@ class Trainer:
         """Clip the gradients to norm grad_clip (0: no clipping). Returns their norm before clipping."""
         for opt in self.optimizers:
             self.scaler.unscale_(opt)
+        # a tensor: read on the host only when logged (a read waits for the device to finish the step)
         clip = torch.nn.utils.clip_grad_norm_
         if self.cfg.fsdp:  # the norm over every rank's shards
             from sharding import clip_grad_norm as clip
-        return clip(self.raw_model.parameters(), self.cfg.grad_clip or float('inf')).item()
+        return clip(self.raw_model.parameters(), self.cfg.grad_clip or float('inf'))
 
-    def gradients_finite(self, grad_norm):
-        """False for a NaN or inf in the loss or gradients: that step is skipped rather than ruin the
-        weights. max_skipped_steps of them in a row stop the run."""
-        if math.isfinite(grad_norm):
-            self.bad_in_a_row = 0
-            return True
-        self.skipped += 1
-        self.bad_in_a_row += 1
-        # iter_num + 1: the number this step gets in the "iter N: loss" lines
-        self.log(f"iter {self.iter_num + 1}: non-finite gradient norm, step skipped ({self.skipped} so far)")
-        if self.bad_in_a_row >= self.cfg.max_skipped_steps:
-            raise UserError(f"training diverged: {self.bad_in_a_row} non-finite steps in a row at iteration "
-                            f"{self.iter_num + 1}; the last checkpoint in {self.cfg.out_dir} is kept. Lower the "
-                            f"learning_rate or resume from it")
-        return False
+    def count_bad_step(self, grad_norm, loss_sum):
+        """A NaN or inf in the loss or gradients: that step is skipped rather than ruin the weights,
+        and max_skipped_steps of them in a row stop the run. Returns the skip flag, a 0-d tensor on the
+        device (1.0: skip); the counts stay on the device too, in self.skip_counts, and are read with
+        the log line (count_skipped), so that no step waits for the device to tell whether it was finite.
+        The trade-off: a diverged run stops at the next log line, not at the step that reached
+        max_skipped_steps. With float16's scaler, overflowing gradients are how it finds its scale (its
+        first steps from 2^16, then one every couple of thousand steps): it skips those steps itself,
+        and only a non-finite loss counts as a bad step."""
+        skip = (~torch.isfinite(grad_norm)).float()
+        bad = (~torch.isfinite(loss_sum)).float() if self.scaler.is_enabled() else skip
+        skipped, in_a_row = self.skip_counts.unbind()
+        self.skip_counts = torch.stack([skipped + bad, (in_a_row + bad) * bad])
+        return skip
 
-    def optimizer_step(self):
+    def optimizer_step(self, skip):
+        """Step each optimizer unless `skip` (a 0-d device tensor, 1.0: a non-finite step). Fused AdamW
+        skips on the device, given the flag as `found_inf` (the attribute float16's GradScaler sets for
+        it); Muon and unfused AdamW (MPS) need the flag on the host: for them, one sync per step. With
+        float16's scaler enabled, the scaler skips on its own check of the gradients, which also catches NaNs."""
+        skip_on_host = None
         for opt in self.optimizers:
-            self.scaler.step(opt)
+            if self.scaler.is_enabled():
+                self.scaler.step(opt)
+            elif getattr(opt, '_step_supports_amp_scaling', False):  # fused: reads found_inf and grad_scale
+                opt.found_inf, opt.grad_scale = skip, None
+                try:
+                    opt.step()
+                finally:
+                    del opt.found_inf, opt.grad_scale
+            else:
+                if skip_on_host is None:
+                    skip_on_host = bool(skip.item())
+                if not skip_on_host:
+                    opt.step()
+
+    def read_skip_counts(self):
+        """The device's skip counts (skipped since the last read, bad steps in a row) as a tensor, to
+        be read by the caller; under DDP the most over the ranks (with the scaler, each judges its own loss)."""
+        counts = self.skip_counts.clone()
+        if self.ddp:
+            dist.all_reduce(counts, op=dist.ReduceOp.MAX)
+        self.skip_counts[0] = 0
+        return counts
+
+    def count_skipped(self, new, in_a_row):
+        """The host's side of count_bad_step, with the counts as read: a line, and the stop of a diverged run."""
+        new, in_a_row = int(new), int(in_a_row)
+        if new:
+            self.skipped += new
+            what = 'step skipped' if new == 1 else f'{new} steps skipped'
+            self.log(f"iter {self.iter_num}: non-finite gradient norm, {what} ({self.skipped} so far)")
+        if in_a_row >= self.cfg.max_skipped_steps:
+            raise UserError(f"training diverged: {in_a_row} non-finite steps in a row at iteration "
+                            f"{self.iter_num}; the last checkpoint in {self.cfg.out_dir} is kept. Lower the "
+                            f"learning_rate or resume from it")
 
     def zero_grad(self):
         for opt in self.optimizers:
@@ -632,6 +713,7 @@ class Trainer:
         }
 
     def save(self):
+        self.count_skipped(*self.read_skip_counts().tolist())  # the skipped steps the checkpoint records
         checkpoint = self.checkpoint()  # every rank takes part: it gathers their RNG states
         if self.cfg.fsdp:  # every rank writes its shards
             import sharding
@@ -659,11 +741,19 @@ class Trainer:
         if self.wandb is not None:
             self.wandb.log(metrics, step=self.iter_num)
 
+    def mfu(self, tokens, dt):
+        """Model FLOPs utilisation of one device: this rank's share of the global batch's `tokens` (each
+        rank computes 1/world of them) per `dt` seconds, against one device's peak."""
+        return self.raw_model.estimate_mfu(tokens / self.world, dt, self.peak)
+
     def log_progress(self, loss_sum, tokens, grad_norm, dt, first):
         """The "iter N: loss" line and its metrics record. dt: seconds per step since the last one;
-        first: the first of this process (the running MFU starts from it)."""
-        lossf = self.all_sum(loss_sum).item()
-        mfu = self.raw_model.estimate_mfu(tokens, dt, self.peak)
+        first: the first of this process (the running MFU starts from it). The loss, the gradient norm
+        and the skip counts come to the host together: the one host sync of the steps since the last line."""
+        values = torch.cat([self.all_sum(loss_sum).view(1), grad_norm.float().view(1), self.read_skip_counts()])
+        lossf, grad_norm, new_skipped, in_a_row = values.tolist()
+        self.count_skipped(new_skipped, in_a_row)
+        mfu = self.mfu(tokens, dt)
         self.running_mfu = mfu if first else 0.9 * self.running_mfu + 0.1 * mfu
         self.log(f"iter {self.iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, "
                  f"{tokens / dt:,.0f} tok/s, mfu {self.running_mfu * 100:.2f}%")
