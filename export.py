@@ -225,7 +225,7 @@ def save_gpt2_tokenizer(name, folder, block_size):
 
 def save_char_tokenizer(chars, folder, block_size):
     """One token per character: a word-level model whose 'words' are single characters."""
-    transformers = import_transformers()
+    import_transformers()  # a one-line error if it (and the tokenizers package it brings) is missing
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     # no '<unk>' in the vocabulary: an unknown character is an error, as with our CharTokenizer
     tokenizer = Tokenizer(models.WordLevel({ch: i for i, ch in enumerate(chars)}, unk_token='<unk>'))

@@ -26,3 +26,22 @@ def shakespeare_char_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp('shakespeare_char')
     shakespeare_char.prepare(out_dir=str(out), input_path=str(source))
     return out
+
+
+@pytest.fixture
+def nan_loss_at(monkeypatch):
+    """nan_loss_at(calls): the training forward passes numbered in `calls` (from 1) return a NaN loss."""
+    import itertools
+
+    import model
+
+    def install(calls):
+        real_forward, counter = model.GPT.forward, itertools.count(1)
+
+        def forward(self, idx, targets=None, cache=None):
+            logits, loss = real_forward(self, idx, targets, cache)
+            if self.training and next(counter) in calls:
+                loss = loss * float('nan')
+            return logits, loss
+        monkeypatch.setattr(model.GPT, 'forward', forward)
+    return install

@@ -13,7 +13,6 @@ import pytest
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-import bench
 import model
 import train
 from checkpoint import load_checkpoint, save_checkpoint
@@ -221,21 +220,6 @@ def test_ddp_time_budget_still_ends_the_run(shakespeare_char_dir, tmp_path, caps
     assert status == 0, err
     stopped = load_checkpoint(str(tmp_path))['iter_num']
     assert 0 < stopped < 100_000 and stopped % 3 == 0  # at a check
-
-
-@pytest.fixture
-def nan_loss_at(monkeypatch):
-    """nan_loss_at(calls): the training forward passes numbered in `calls` (from 1) return a NaN loss."""
-    def install(calls):
-        real_forward, counter = model.GPT.forward, itertools.count(1)
-
-        def forward(self, idx, targets=None, cache=None):
-            logits, loss = real_forward(self, idx, targets, cache)
-            if self.training and next(counter) in calls:
-                loss = loss * float('nan')
-            return logits, loss
-        monkeypatch.setattr(model.GPT, 'forward', forward)
-    return install
 
 
 def test_a_nan_step_is_skipped_without_a_sync_and_counted_at_the_log_line(shakespeare_char_dir, tmp_path, capsys,

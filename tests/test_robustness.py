@@ -1,6 +1,5 @@
 """Issue 4: a run survives being killed, failing writes, signals and NaN losses, and bad
 input is a one-line error that leaves existing files alone."""
-import itertools
 import os
 import random
 import re
@@ -15,7 +14,6 @@ import pytest
 import torch
 
 import checkpoint
-import model
 import sample
 import train
 from checkpoint import load_checkpoint, save_checkpoint
@@ -163,23 +161,6 @@ def test_a_worker_restarted_by_torchrun_resumes_instead_of_starting_over(shakesp
 
 # ---------------------------------------------------------------------------
 # Non-finite losses
-
-
-@pytest.fixture
-def nan_loss_at(monkeypatch):
-    """nan_loss_at(calls): the training forward passes numbered in `calls` (from 1) return a NaN loss."""
-    def install(calls):
-        real_forward = model.GPT.forward
-        counter = itertools.count(1)
-
-        def forward(self, idx, targets=None, cache=None):
-            logits, loss = real_forward(self, idx, targets, cache)
-            if self.training and next(counter) in calls:
-                loss = loss * float('nan')
-            return logits, loss
-
-        monkeypatch.setattr(model.GPT, 'forward', forward)
-    return install
 
 
 def test_a_nan_loss_skips_one_step(shakespeare_char_dir, tmp_path, capsys, nan_loss_at):
