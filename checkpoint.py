@@ -6,8 +6,11 @@ torch.load(weights_only=True), which cannot run code hidden in a file.
 """
 
 import glob
+import io
 import os
 import random
+import shutil
+import warnings
 
 import numpy as np
 import torch
@@ -65,12 +68,11 @@ def load_checkpoint(out_dir, weights=True):
     """The checkpoint in out_dir, or a one-line UserError saying what is wrong with it: ckpt.pt, or
     ckpt.dcp (fsdp=True's sharded checkpoint, read whole on this process) when that is the newer.
     weights=False, for a sharded one: all but the model and optimizer, which FSDP loads sharded."""
-    dcp = os.path.join(out_dir, 'ckpt.dcp')
+    dcp = os.path.join(out_dir, DCP_LINK)
     path = os.path.join(out_dir, 'ckpt.pt')
     if os.path.exists(dcp) and (not os.path.exists(path) or os.lstat(dcp).st_mtime >= os.path.getmtime(path)):
-        import sharding
         try:
-            checkpoint = sharding.read_checkpoint(os.path.realpath(dcp), weights)
+            checkpoint = read_checkpoint(os.path.realpath(dcp), weights)
         except Exception as e:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"{dcp} is not a readable sharded checkpoint ({reason[:150]})") from None
@@ -140,3 +142,104 @@ def set_rng_state(state):
     np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
     if 'cuda' in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state['cuda'])
+
+
+# ---------------------------------------------------------------------------
+# Sharded checkpoints (fsdp=True): a torch.distributed.checkpoint (DCP) directory, each rank writing its
+# shards. It holds {'model': the model's state dict, 'optimizer': the optimizers' (keyed by parameter
+# name), 'extra': everything else a ckpt.pt holds (iteration, config, tokenizer, RNG and sampler state,
+# scaler...), pickled}.
+
+DCP_LINK = 'ckpt.dcp'  # out_dir/ckpt.dcp -> .ckpt-dcp-<iter>, the last complete checkpoint
+
+
+def pickled(obj):
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def save_sharded(out_dir, model, optimizers, extra, keep_last=0):
+    """Write the checkpoint as a DCP directory, each rank its own shard, in parallel. It goes into
+    .ckpt-dcp-<iter>; only once every rank has finished is the link out_dir/ckpt.dcp switched to it
+    (a rename: atomic), so a kill at any moment leaves the last complete checkpoint loadable. Older
+    directories are removed, but for keep_last of them. Every rank calls it."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    rank0 = dist.get_rank() == 0
+    name = f".ckpt-dcp-{extra['iter_num']}"
+    path = os.path.join(out_dir, name)
+    link = os.path.join(out_dir, DCP_LINK)
+    current = os.path.realpath(link) if os.path.islink(link) else None
+    if rank0 and os.path.exists(path) and path != current:
+        shutil.rmtree(path)  # left by a writer that was killed
+    dist.barrier()
+    model_state, optim_state = get_state_dict(model, optimizers)
+    if path == current:  # the same iteration saved again (a stop right after an eval): write beside it
+        path, name = path + '-again', name + '-again'
+        if rank0 and os.path.exists(path):
+            shutil.rmtree(path)
+        dist.barrier()
+    dcp.save({'model': model_state, 'optimizer': optim_state, 'extra': pickled(extra)}, checkpoint_id=path)
+    dist.barrier()  # every shard and the metadata written
+    if rank0:
+        tmp = link + f'.tmp{os.getpid()}'
+        os.symlink(name, tmp)
+        os.replace(tmp, link)
+        fsync_dir(out_dir)
+        live = os.path.realpath(link)
+        older = sorted((d for d in glob.glob(os.path.join(out_dir, '.ckpt-dcp-*')) if os.path.realpath(d) != live),
+                       key=os.path.getmtime)
+        for stale in older[:len(older) - keep_last]:
+            shutil.rmtree(stale, ignore_errors=True)
+    dist.barrier()
+
+
+def load_sharded(path, model, optimizers):
+    """Load a DCP checkpoint into a sharded model and its optimizers: each rank reads the pieces of
+    its own shards, whatever the number of ranks that saved it."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    model_state, optim_state = get_state_dict(model, optimizers)  # templates: the shapes and shards wanted
+    state = {'model': model_state, 'optimizer': optim_state}
+    dcp.load(state, checkpoint_id=path)
+    set_state_dict(model, optimizers, model_state_dict=state['model'], optim_state_dict=state['optimizer'])
+
+
+def load_keys(keys, path):
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.simplefilter('ignore', UserWarning)
+        return _load_state_dict_from_keys(keys, checkpoint_id=path)
+
+
+def read_extra(path):
+    value = load_keys({'extra'}, path)['extra']
+    value.seek(0)
+    return torch.load(value, map_location='cpu', weights_only=True)
+
+
+def read_checkpoint(path, weights=True):
+    """A DCP checkpoint read whole on this process, with no process group: the dict a ckpt.pt holds,
+    full tensors on the CPU. The optimizer state is turned back into torch's own format (parameters
+    numbered in the order of their groups), so that a run without FSDP resumes from it too.
+    weights=False: everything but the model and optimizer ('dcp': path, to load them sharded)."""
+    checkpoint = {**read_extra(path), 'dcp': path}
+    if weights:
+        state = load_keys({'model', 'optimizer'}, path)
+        checkpoint['model'] = state['model']
+        checkpoint['optimizer'] = [numbered(state['optimizer'])]
+    return checkpoint
+
+
+def numbered(optim_state):
+    """An optimizer state keyed by parameter names (DCP's) -> torch's, keyed by parameter number."""
+    number, groups = {}, []
+    for group in optim_state['param_groups']:
+        names = group['params']
+        for name in names:
+            number.setdefault(name, len(number))
+        groups.append({**group, 'params': [number[name] for name in names]})
+    return {'state': {number[name]: s for name, s in optim_state['state'].items()}, 'param_groups': groups}

@@ -30,7 +30,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import generate
-from checkpoint import load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint, set_rng_state
+from checkpoint import (load_checkpoint, load_sharded, model_from_checkpoint, rng_state, save_checkpoint, save_sharded,
+                        set_rng_state)
 from configurator import UserError, configure, run_cli, settings_of
 from data import EpochSampler, SentencePairs, TokenStream
 from device import (DTYPES, autocast, compile_supported, keep_freed_memory, peak_flops, resolve_device, speed_up,
@@ -405,8 +406,7 @@ class Trainer:
         self.iter_num, self.best_val_loss = checkpoint['iter_num'], checkpoint.get('best_val_loss', float('inf'))
         self.skipped, self.elapsed = checkpoint.get('skipped_steps', 0), checkpoint.get('elapsed', 0.0)
         if 'dcp' in checkpoint and self.cfg.fsdp:  # weights and optimizer state, each rank its shards
-            import sharding
-            sharding.load_sharded(checkpoint['dcp'], self.raw_model, self.optimizers)
+            load_sharded(checkpoint['dcp'], self.raw_model, self.optimizers)
         states = checkpoint.get('optimizer', [])
         if self.cfg.fsdp:  # from a ckpt.pt the weights came whole (build_model); its optimizer state is not sharded
             states = [] if 'dcp' in checkpoint else None
@@ -716,9 +716,8 @@ class Trainer:
         self.count_skipped(*self.read_skip_counts().tolist())  # the skipped steps the checkpoint records
         checkpoint = self.checkpoint()  # every rank takes part: it gathers their RNG states
         if self.cfg.fsdp:  # every rank writes its shards
-            import sharding
             extra = {key: value for key, value in checkpoint.items() if key not in ('model', 'optimizer')}
-            sharding.save_sharded(self.cfg.out_dir, self.raw_model, self.optimizers, extra, self.cfg.keep_last)
+            save_sharded(self.cfg.out_dir, self.raw_model, self.optimizers, extra, self.cfg.keep_last)
             self.log(f"saving checkpoint to {self.cfg.out_dir}")
         elif self.master:
             save_checkpoint(checkpoint, self.cfg.out_dir, self.cfg.keep_last)
