@@ -344,6 +344,7 @@ class MaskedSentences(EncoderBatches):
         if not 0.0 < mask_prob < 1.0:
             raise UserError(f"mask_prob must be between 0 and 1, got {mask_prob}")
         self.mask_prob, self.pack_sentences = mask_prob, pack_sentences
+        self.recent = {}  # (split, row) -> masked row, see masked()
         self.mask_id = self.meta['mask_id']
         special = sorted({i for key, i in self.meta.items() if key.endswith('_id')})
         self.special_ids = torch.tensor(special)
@@ -376,12 +377,17 @@ class MaskedSentences(EncoderBatches):
         return rows if self.pack_sentences else self.by_length(split, rows, index.numpy())
 
     def masked(self, split, rows):
-        """Each row's (inputs, targets), masked by its own seed."""
+        """Each row's (inputs, targets), masked by its own seed. Kept for the rows drawn lately: a step
+        asks for them three times (the global batch's targets, a micro-batch's, its batch)."""
         out = []
         for row in rows.tolist():
-            generator = torch.Generator().manual_seed(row & (2 ** MASK_SEED_BITS - 1))
-            out.append(mask_tokens(self.sequence(split, row >> MASK_SEED_BITS), generator, self.mask_prob,
-                                   self.mask_id, self.special_ids, self.random_ids))
+            if (split, row) not in self.recent:
+                if len(self.recent) >= 4096:
+                    self.recent.clear()
+                generator = torch.Generator().manual_seed(row & (2 ** MASK_SEED_BITS - 1))
+                self.recent[split, row] = mask_tokens(self.sequence(split, row >> MASK_SEED_BITS), generator,
+                                                      self.mask_prob, self.mask_id, self.special_ids, self.random_ids)
+            out.append(self.recent[split, row])
         return out
 
     def num_targets(self, split, rows):

@@ -30,13 +30,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import generate
-from checkpoint import (load_checkpoint, load_sharded, model_from_checkpoint, rng_state, save_checkpoint, save_sharded,
-                        set_rng_state)
+from checkpoint import (MODEL_CLASSES, load_checkpoint, load_sharded, model_from_checkpoint, rng_state, save_checkpoint,
+                        save_sharded, set_rng_state, tokenizer_state)
 from configurator import UserError, configure, run_cli, settings_of
-from data import EpochSampler, SentencePairs, TokenStream
+from data import EpochSampler, LabelledSentences, MaskedSentences, SentencePairs, TokenStream
 from device import (DTYPES, autocast, compile_supported, keep_freed_memory, peak_flops, resolve_device, speed_up,
                     training_dtype)
-from model import GPT, GPTConfig, Seq2SeqConfig, Seq2SeqTransformer, config_fields
+from model import GPT, Encoder, EncoderConfig, GPTConfig, Seq2SeqConfig, config_fields
 from tokenizer import TiktokenTokenizer, load_meta, tokenizer_from_meta, tokenizer_from_state
 
 # -----------------------------------------------------------------------------
@@ -51,7 +51,7 @@ log_interval = 10  # also how often DDP ranks agree to stop (a signal, max_time)
 eval_iters = 20  # batches per split in each evaluation
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # False: save only when the validation loss improves
-init_from = 'scratch'  # 'scratch' | 'resume' (from out_dir/ckpt.pt) | 'gpt2' | 'gpt2-medium' | 'gpt2-large' | 'gpt2-xl'
+init_from = 'scratch'  # 'scratch' | 'resume' (from out_dir/ckpt.pt) | 'gpt2' | 'gpt2-medium' | 'gpt2-large' | 'gpt2-xl' | another run's out_dir (its weights, to fine-tune: an encoder's body with a fresh head; a fresh optimizer and step count)
 keep_last = 0  # earlier checkpoints to keep as ckpt-<iter>.pt besides ckpt.pt
 # wandb logging
 wandb_log = False
@@ -59,12 +59,14 @@ wandb_project = 'nanogpt'
 wandb_run_name = 'run'
 # data
 dataset = 'shakespeare_char'  # a folder under data/ (or a path) made by prepare/<dataset>.py
-model_type = 'gpt'  # 'gpt' (decoder-only) | 'seq2seq' (encoder-decoder, for translation)
+model_type = 'gpt'  # 'gpt' (decoder-only) | 'seq2seq' (encoder-decoder, for translation) | 'encoder' (BERT-style: masked-LM pretraining, or a classifier when the data has labels)
 gradient_accumulation_steps = 1  # micro-steps per optimizer step, over all processes together
 batch_size = 32  # sequences (sentence pairs for seq2seq) per micro-step per process
 block_size = 128  # context length (seq2seq: longest source and target sentence)
 sampling = 'random'  # 'random' (nanoGPT's: windows at random offsets, with replacement) | 'epoch' (gpt: each epoch a seeded permutation of all non-overlapping windows)
 align_documents = False  # gpt: every row starts at a document start (after <|endoftext|>), whole documents packed best-fit to fill it
+mask_prob = 0.15  # encoder masked-LM: share of the tokens chosen for the loss (of them 80% [MASK], 10% random, 10% kept)
+pack_sentences = True  # encoder masked-LM: rows of consecutive sentences up to block_size ([CLS] a [SEP] b [SEP] ...); False: one sentence a row
 # model
 n_layer = 4
 n_head = 4
@@ -109,8 +111,12 @@ fsdp = False  # shard parameters, gradients and AdamW's state over the ranks (FS
 seed = 1337
 # -----------------------------------------------------------------------------
 DEFAULTS = settings_of(globals())
-AUTO_PREPARED = ('shakespeare_char', 'shakespeare', 'multi30k')  # small enough to prepare on first use
-ARCH_SETTINGS = config_fields(GPTConfig) | config_fields(Seq2SeqConfig)
+# small enough to prepare on first use: dataset -> (prepare/ module, its prepare() arguments, datasets it needs first)
+AUTO_PREPARED = {'shakespeare_char': ('shakespeare_char', {}, ()), 'shakespeare': ('shakespeare', {}, ()),
+                 'multi30k': ('multi30k', {}, ()), 'movie_reviews': ('mlm_corpus', {}, ()),
+                 # SST-2 in the movie reviews' vocabulary, so that a model pretrained there reads it
+                 'sst2': ('sst2', {}, ('movie_reviews',)), 'sst2_phrases': ('sst2', {'phrases': True}, ('movie_reviews',))}
+ARCH_SETTINGS = config_fields(GPTConfig) | config_fields(Seq2SeqConfig) | config_fields(EncoderConfig)
 TRAINING_ONLY = {'dropout', 'label_smoothing'}  # may change when a run is resumed
 
 stop_signal = None  # process state, not a setting: set by SIGTERM/SIGINT; the loop then saves and exits
@@ -132,6 +138,23 @@ class Settings(SimpleNamespace):
         return dict(vars(self))
 
 
+GPT2_NAMES = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')
+
+
+def from_run(cfg):
+    """Whether init_from names another run's out_dir (whose weights start this run), not a mode or GPT-2."""
+    return cfg.init_from not in ('scratch', 'resume') and not cfg.init_from.startswith('gpt2')
+
+
+def resumes(cfg):
+    """Whether the run continues from out_dir's checkpoint: init_from='resume', or a worker restarted by
+    torchrun --max-restarts that finds one."""
+    return cfg.init_from == 'resume' or (cfg.init_from == 'scratch'
+                                         and int(os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)) > 0
+                                         and (os.path.exists(os.path.join(cfg.out_dir, 'ckpt.pt'))
+                                              or os.path.exists(os.path.join(cfg.out_dir, 'ckpt.dcp'))))
+
+
 def validate_settings(cfg):
     for key in ('eval_interval', 'log_interval', 'eval_iters', 'gradient_accumulation_steps', 'batch_size',
                 'block_size', 'n_layer', 'n_head', 'n_embd'):
@@ -146,15 +169,21 @@ def validate_settings(cfg):
         raise UserError(f"muon_momentum must be in [0, 1), got {cfg.muon_momentum}")
     if cfg.decay_lr and cfg.max_time == 0 and cfg.lr_decay_iters <= cfg.warmup_iters:
         raise UserError(f"lr_decay_iters ({cfg.lr_decay_iters}) must be larger than warmup_iters ({cfg.warmup_iters})")
-    choices = {'model_type': ('gpt', 'seq2seq'), 'dtype': ('auto', 'float32', 'bfloat16', 'float16'),
+    choices = {'model_type': ('gpt', 'seq2seq', 'encoder'), 'dtype': ('auto', 'float32', 'bfloat16', 'float16'),
                'backend': ('auto', 'nccl', 'gloo'), 'optimizer': ('adamw', 'muon'), 'lr_schedule': ('cosine', 'linear'),
-               'sampling': ('random', 'epoch'),
-               'init_from': ('scratch', 'resume', 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')}
+               'sampling': ('random', 'epoch')}
+    if cfg.init_from.startswith('gpt2'):
+        choices['init_from'] = GPT2_NAMES
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise UserError(f"{key} must be one of {', '.join(allowed)}; got {getattr(cfg, key)!r}")
-    if cfg.model_type == 'seq2seq' and cfg.init_from.startswith('gpt2'):
+    if from_run(cfg) and not any(os.path.exists(os.path.join(cfg.init_from, name)) for name in ('ckpt.pt', 'ckpt.dcp')):
+        raise UserError(f"init_from must be 'scratch', 'resume', one of {', '.join(GPT2_NAMES)} or a run's out_dir; "
+                        f"{cfg.init_from!r} has no ckpt.pt or ckpt.dcp")
+    if cfg.model_type != 'gpt' and cfg.init_from.startswith('gpt2'):
         raise UserError("GPT-2 weights initialise a gpt model only: use --model_type=gpt")
+    if not 0.0 < cfg.mask_prob < 1.0:
+        raise UserError(f"mask_prob must be between 0 and 1, got {cfg.mask_prob}")
     if cfg.fsdp and cfg.optimizer == 'muon':
         raise UserError("optimizer='muon' does not work with fsdp=True: Muon orthogonalises each whole weight matrix, "
                         "which FSDP splits across ranks; use optimizer='adamw', or fsdp=False (DDP)")
@@ -195,44 +224,70 @@ def prepare_if_missing(cfg, data_dir, is_master):
     if os.path.exists(marker) or cfg.dataset not in AUTO_PREPARED:
         return
     if is_master:
-        print(f"{marker} not found: preparing {cfg.dataset} first")
         import importlib
-        importlib.import_module(f'prepare.{cfg.dataset}').prepare(out_dir=data_dir)
+        module, arguments, needs = AUTO_PREPARED[cfg.dataset]
+        for name in needs:  # prepared first: the dataset takes its vocabulary from them
+            folder = os.path.join('data', name)
+            if not os.path.exists(os.path.join(folder, 'meta.pkl')):
+                print(f"{folder}/meta.pkl not found: preparing {name} first")
+                importlib.import_module(f'prepare.{AUTO_PREPARED[name][0]}').prepare(out_dir=folder)
+        print(f"{marker} not found: preparing {cfg.dataset} first")
+        importlib.import_module(f'prepare.{module}').prepare(out_dir=data_dir, **arguments)
     if dist.is_initialized():
         dist.barrier()
 
 
-def load_dataset(cfg, data_dir, device):
+def load_dataset(cfg, data_dir, device, meta):
     if cfg.model_type == 'seq2seq':
         return SentencePairs(data_dir, cfg.block_size, device)
+    if cfg.model_type == 'encoder':  # labelled sentences (prepare/sst2.py) or unlabelled ones (prepare/mlm_corpus.py)
+        if meta is not None and 'n_classes' in meta:
+            return LabelledSentences(data_dir, cfg.block_size, device)
+        return MaskedSentences(data_dir, cfg.block_size, device, cfg.mask_prob, cfg.pack_sentences)
     return TokenStream(data_dir, cfg.block_size, device, align_documents=cfg.align_documents)
 
 
 def architecture(cfg, meta):
     """The model settings of a new model: the run's settings, plus what the data decides."""
-    config_class = GPTConfig if cfg.model_type == 'gpt' else Seq2SeqConfig
+    config_class = MODEL_CLASSES[cfg.model_type][1]
     settings = vars(cfg)
     args = {key: settings[key] for key in config_fields(config_class) if key in settings}
     args['vocab_size'] = cfg.vocab_size or (meta or {}).get('vocab_size') or 50304
     if cfg.model_type == 'seq2seq':
         args.update(src_block_size=cfg.block_size, tgt_block_size=cfg.block_size,
                     pad_id=meta['pad_id'], bos_id=meta['bos_id'], eos_id=meta['eos_id'])
+    if cfg.model_type == 'encoder':  # a classifier when the data has labels, else a masked-language model
+        args.update(pad_id=meta['pad_id'], n_classes=meta.get('n_classes', 0))
     return args
 
 
-def check_resumable(cfg, checkpoint, explicit, meta):
-    """A resumed run keeps the checkpoint's architecture: settings given that contradict it are errors."""
+def saved_name(cfg, key):
+    """The name of setting `key` in a checkpoint's model_args."""
+    return 'tgt_block_size' if cfg.model_type == 'seq2seq' and key == 'block_size' else key
+
+
+def check_resumable(cfg, checkpoint, explicit, meta, source=None):
+    """A resumed run keeps the checkpoint's architecture: settings given that contradict it are errors.
+    source: the out_dir of init_from, whose model starts this run (same rule), else this run's out_dir."""
+    folder, what = (source, f"a run initialised from {source} takes its architecture") if source else \
+        (f"out_dir {cfg.out_dir}", "a resumed run keeps its architecture")
     kind = checkpoint.get('model_type', 'gpt')
     if kind != cfg.model_type:
-        raise UserError(f"out_dir {cfg.out_dir} holds a {kind} checkpoint but model_type is {cfg.model_type}")
+        raise UserError(f"{folder} holds a {kind} checkpoint but model_type is {cfg.model_type}")
     saved = checkpoint['model_args']
     wanted = architecture(cfg, meta) if meta is not None or cfg.model_type == 'gpt' else {}
     for key in sorted((explicit & ARCH_SETTINGS) - TRAINING_ONLY):
-        saved_key = 'tgt_block_size' if cfg.model_type == 'seq2seq' and key == 'block_size' else key
+        saved_key = saved_name(cfg, key)
         if saved_key in saved and wanted.get(saved_key, saved[saved_key]) != saved[saved_key]:
             raise UserError(f"--{key}={getattr(cfg, key)} differs from the checkpoint's {saved[saved_key]}: "
-                            f"a resumed run keeps its architecture (drop the flag, or use another out_dir)")
-    if meta and meta.get('vocab_size') and meta['vocab_size'] > saved['vocab_size']:
+                            f"{what} (drop the flag, or use another out_dir)")
+    if source:  # the same tokens: the tokenizer decides what each embedding row means
+        data_tokenizer = tokenizer_from_meta(meta).state() if meta else TiktokenTokenizer('gpt2').state()
+        if tokenizer_state(checkpoint) != data_tokenizer:
+            raise UserError(f"{source}'s model was trained with another tokenizer than dataset {cfg.dataset}'s: "
+                            f"prepare the data with its vocabulary (for an encoder: prepare/sst2.py --tokenizer_from "
+                            f"<its pretraining data>)")
+    elif meta and meta.get('vocab_size') and meta['vocab_size'] > saved['vocab_size']:
         raise UserError(f"dataset {cfg.dataset} has a vocabulary of {meta['vocab_size']} but the checkpoint's model "
                         f"has {saved['vocab_size']}: resume with the dataset it was trained on")
 
@@ -277,6 +332,9 @@ class Trainer:
     def __init__(self, cfg, explicit=frozenset()):
         validate_settings(cfg)
         self.cfg = cfg
+        # a resumed run, or one initialised from another run's out_dir: the checkpoint's architecture (before
+        # the data is read: block_size cuts it); self.source is the other run's checkpoint
+        self.source = self.adopt_architecture(explicit)
         self.config = cfg.as_dict()  # saved in checkpoints, given to wandb
         self.setup_distributed()
         if self.device_type == 'cpu':
@@ -368,15 +426,31 @@ class Trainer:
         A method so that bench.py can swap in random tokens."""
         data_dir = data_folder(self.cfg)
         prepare_if_missing(self.cfg, data_dir, self.master)
-        return load_meta(data_dir), load_dataset(self.cfg, data_dir, self.device)
+        meta = load_meta(data_dir)
+        return meta, load_dataset(self.cfg, data_dir, self.device, meta)
+
+    def adopt_architecture(self, explicit):
+        """A resumed run, or init_from=<a run's out_dir>: give the architecture settings the user did not set
+        the values of the checkpoint's model (block_size as well: the data is cut to it); build_model checks
+        those set against it. Returns init_from's checkpoint (ckpt.pt, or an FSDP run's ckpt.dcp, read
+        whole), or None."""
+        cfg = self.cfg
+        if from_run(cfg):
+            checkpoint = source = load_checkpoint(cfg.init_from)
+        elif resumes(cfg):
+            checkpoint, source = load_checkpoint(cfg.out_dir, weights=False), None
+        else:
+            return None
+        saved = checkpoint['model_args']
+        for key in sorted(ARCH_SETTINGS - TRAINING_ONLY - set(explicit)):
+            if hasattr(cfg, key) and saved_name(cfg, key) in saved:
+                setattr(cfg, key, saved[saved_name(cfg, key)])
+        return source
 
     def build_model(self, explicit):
         """A new model, GPT-2's weights, or the checkpoint's model. Returns the checkpoint, if any."""
         cfg = self.cfg
-        if cfg.init_from == 'resume' or (cfg.init_from == 'scratch'
-                                         and int(os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)) > 0
-                                         and (os.path.exists(os.path.join(cfg.out_dir, 'ckpt.pt'))
-                                              or os.path.exists(os.path.join(cfg.out_dir, 'ckpt.dcp')))):
+        if resumes(cfg):
             # torchrun --max-restarts: a restarted worker resumes. FSDP loads the weights later, sharded
             checkpoint = load_checkpoint(cfg.out_dir, weights=not cfg.fsdp)
             check_resumable(cfg, checkpoint, explicit, self.meta)
@@ -387,20 +461,50 @@ class Trainer:
             name = 'ckpt.dcp' if 'dcp' in checkpoint else 'ckpt.pt'
             self.log(f"resuming from {cfg.out_dir}/{name} at iteration {checkpoint['iter_num']}")
             return checkpoint
-        if cfg.init_from.startswith('gpt2'):
+        if self.source is not None:
+            self.model = self.model_from_run(self.source, explicit)
+            self.source = None  # its weights are in the model now
+        elif cfg.init_from.startswith('gpt2'):
             try:
                 self.model = GPT.from_pretrained(cfg.init_from, dict(dropout=cfg.dropout, block_size=cfg.block_size))
             except ValueError as e:
                 raise UserError(str(e)) from None
         else:
+            model_class, config_class = MODEL_CLASSES[cfg.model_type]
             try:
-                config = (GPTConfig if cfg.model_type == 'gpt' else Seq2SeqConfig)(**architecture(cfg, self.meta))
+                config = config_class(**architecture(cfg, self.meta))
             except ValueError as e:
                 raise UserError(f"invalid model settings: {e}") from None
-            self.model = (GPT if cfg.model_type == 'gpt' else Seq2SeqTransformer)(config)
+            self.model = model_class(config)
         self.model_args = dict(vars(self.model.config))
-        self.log(f"{cfg.model_type} model with {self.model.get_num_params() / 1e6:.2f}M parameters")
+        what = cfg.model_type
+        if cfg.model_type == 'encoder':
+            what = f"encoder ({f'{self.model.config.n_classes} classes' if self.model.config.n_classes else 'masked-LM'})"
+        self.log(f"{what} model with {self.model.get_num_params() / 1e6:.2f}M parameters")
         return None
+
+    def model_from_run(self, source, explicit):
+        """init_from=<a run's out_dir>: a model with the weights of that run's, to fine-tune. A GPT (or an
+        encoder-decoder) whole; an encoder its body, with the head this data needs starting fresh (a
+        masked-language model's body under a classifier). Only the weights: the optimizer, the step count,
+        best_val_loss, the metrics and the random state start fresh, as for a new run."""
+        cfg = self.cfg
+        check_resumable(cfg, source, explicit, self.meta, source=cfg.init_from)
+        args = dict(source['model_args'])
+        args.update({k: getattr(cfg, k) for k in TRAINING_ONLY if k in args})
+        if cfg.model_type != 'encoder':
+            model = model_from_checkpoint({**source, 'model_args': args}, cfg.model_type)
+        else:
+            args.update(n_classes=self.meta.get('n_classes', 0), pad_id=self.meta['pad_id'])
+            model = Encoder(EncoderConfig(**args))
+            try:
+                model.load_body({k.removeprefix('_orig_mod.'): v for k, v in source['model'].items()})
+            except ValueError as e:
+                raise UserError(f"{cfg.init_from}: {e}") from None
+        name = 'ckpt.dcp' if 'dcp' in source else 'ckpt.pt'
+        head = ' (its body: the head starts fresh)' if cfg.model_type == 'encoder' else ''
+        self.log(f"initialised from {cfg.init_from}/{name} (iteration {source['iter_num']}){head}")
+        return model
 
     def restore(self, checkpoint):
         self.iter_num, self.best_val_loss = checkpoint['iter_num'], checkpoint.get('best_val_loss', float('inf'))
@@ -632,15 +736,34 @@ class Trainer:
         self.model.eval()
         out = {}
         for split in ('train', 'val'):
-            rows = self.data.sample(split, cfg.eval_iters * cfg.batch_size, torch.Generator().manual_seed(cfg.seed + 1))
-            loss_sum = torch.zeros((), device=self.device)
-            for batch_rows in rows.view(cfg.eval_iters, cfg.batch_size)[self.rank::self.world]:
+            batches = self.eval_batches(split)
+            loss_sum, correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
+            for batch_rows in batches[self.rank::self.world]:
+                batch = self.data.batch(split, batch_rows)
                 with self.autocast:
-                    _, loss = self.model(*self.data.batch(split, batch_rows))
+                    logits, loss = self.model(*batch)
                 loss_sum += loss.float() * self.data.num_targets(split, batch_rows)
-            out[split] = self.all_sum(loss_sum).item() / self.data.num_targets(split, rows)
+                if cfg.model_type == 'encoder':
+                    correct += self.raw_model.count_correct(logits, batch[-1])
+            num_targets = self.data.num_targets(split, torch.cat(batches))
+            out[split] = self.all_sum(loss_sum).item() / num_targets
+            if cfg.model_type == 'encoder' and split == 'val':
+                out['val_acc'] = self.all_sum(correct).item() / num_targets
         self.model.train()
         return out
+
+    def eval_batches(self, split):
+        """The rows of one split's evaluation, as a list of batches: eval_iters batches drawn by a generator
+        seeded the same at every eval, except a classifier's validation split, which is read whole (its
+        accuracy is over every sentence), sorted by length, in a multiple of the number of ranks of batches."""
+        cfg = self.cfg
+        if split == 'val' and isinstance(self.data, LabelledSentences):
+            index = torch.arange(len(self.data.splits[split]))
+            rows = self.data.by_length(split, index, index.numpy())
+            count = self.world * math.ceil(math.ceil(len(rows) / cfg.batch_size) / self.world)
+            return list(torch.tensor_split(rows, min(count, len(rows))))
+        rows = self.data.sample(split, cfg.eval_iters * cfg.batch_size, torch.Generator().manual_seed(cfg.seed + 1))
+        return list(rows.view(cfg.eval_iters, cfg.batch_size))
 
     @torch.no_grad()
     def bleu(self):
@@ -679,9 +802,12 @@ class Trainer:
         bleu = self.bleu() if cfg.model_type == 'seq2seq' and self.master and cfg.bleu_sentences > 0 else None
         line = f"step {self.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
         line += f", val bpb {bpb:.4f}" if bpb is not None else ""
+        # an encoder's accuracy: of the classifier over every validation sentence, of a masked-LM over the masked tokens
+        line += f", val acc {losses['val_acc']:.2%}" if 'val_acc' in losses else ""
         self.log(line + (f", val bleu {bleu:.2f}" if bleu is not None else ""))
         self.record(train_loss=losses['train'], val_loss=losses['val'], lr=self.lr,
-                    **({'val_bpb': bpb} if bpb is not None else {}), **({'bleu': bleu} if bleu is not None else {}))
+                    **({'val_bpb': bpb} if bpb is not None else {}), **({'bleu': bleu} if bleu is not None else {}),
+                    **({'val_acc': losses['val_acc']} if 'val_acc' in losses else {}))
         if losses['val'] < self.best_val_loss or cfg.always_save_checkpoint:
             self.best_val_loss = min(self.best_val_loss, losses['val'])
             if self.iter_num > 0 and not cfg.eval_only:  # evaluating a checkpoint must not rewrite it
@@ -707,6 +833,7 @@ class Trainer:
             'scaler': self.scaler.state_dict(), 'model_type': self.cfg.model_type, 'model_args': self.model_args,
             'iter_num': self.iter_num, 'best_val_loss': self.best_val_loss, 'config': self.config,
             'tokenizer': self.tokenizer_state(), 'rng': rng,
+            **({'label_names': self.meta['label_names']} if self.meta and 'label_names' in self.meta else {}),
             'sampler' if isinstance(self.data_rng, EpochSampler) else 'data_rng': self.data_rng.get_state(),
             'skipped_steps': self.skipped, 'elapsed': self.elapsed,
             'wandb_id': self.wandb.id if self.wandb is not None else None,

@@ -1,0 +1,28 @@
+# GPU version of config/mlm_reviews_cpu.py: a bigger encoder (6 layers, 384 wide), bf16, compiled,
+# masked-LM pretraining on the movie reviews for 20 minutes of one GPU; then config/finetune_sst2.py.
+# UNTESTED: written for a GPU, not run here (the recipes measured are the CPU ones).
+#   python train.py config/mlm_reviews.py && python train.py config/finetune_sst2.py
+out_dir = 'out-mlm-reviews'
+dataset = 'movie_reviews'  # prepared on first use
+model_type = 'encoder'
+mask_prob = 0.3
+pack_sentences = True
+n_layer = 6
+n_head = 6
+n_embd = 384
+bias = True
+dropout = 0.1
+block_size = 128
+batch_size = 128
+learning_rate = 1e-3
+min_lr = 1e-4
+weight_decay = 0.01
+warmup_iters = 500
+lr_schedule = 'linear'
+max_iters = 1_000_000  # max_time decides
+max_time = 20 * 60.0
+eval_interval = 1000
+eval_iters = 20
+log_interval = 100
+dtype = 'bfloat16'
+compile = True
