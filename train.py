@@ -81,6 +81,7 @@ norm = 'layernorm'  # 'layernorm' | 'rmsnorm'
 qk_norm = False
 mlp = 'gelu'  # 'gelu' | 'relu2' | 'swiglu'
 tie_embeddings = True
+fused_attention = True  # PyTorch's fused attention kernel; False runs model.scaled_dot_product_attention, the formula written out
 share_embeddings = True  # seq2seq: one embedding for source and target
 label_smoothing = 0.1  # seq2seq
 # optimizer
@@ -117,7 +118,7 @@ AUTO_PREPARED = {'shakespeare_char': ('shakespeare_char', {}, ()), 'shakespeare'
                  # SST-2 in the movie reviews' vocabulary, so that a model pretrained there reads it
                  'sst2': ('sst2', {}, ('movie_reviews',)), 'sst2_phrases': ('sst2', {'phrases': True}, ('movie_reviews',))}
 ARCH_SETTINGS = config_fields(GPTConfig) | config_fields(Seq2SeqConfig) | config_fields(EncoderConfig)
-TRAINING_ONLY = {'dropout', 'label_smoothing'}  # may change when a run is resumed
+TRAINING_ONLY = {'dropout', 'label_smoothing', 'fused_attention'}  # may change when a run is resumed
 
 stop_signal = None  # process state, not a setting: set by SIGTERM/SIGINT; the loop then saves and exits
 
