@@ -2,8 +2,10 @@
 # export.py converts) on the 2,000 movie reviews (prepare/mlm_corpus.py, 1.7M tokens; SST-2's dev
 # sentences left out), for 45 minutes of a 2-core CPU; then config/finetune_sst2_cpu.py (15 minutes).
 #   python train.py config/mlm_reviews_cpu.py && python train.py config/finetune_sst2_cpu.py
-# What makes this short pretraining pay: a small model (many tokens seen), 30% masking (more to
-# learn from each sequence), sentences packed into full rows (no padding), a high learning rate.
+# The choices: a small model (many tokens seen), 30% masking (more to learn from each sequence),
+# sentences packed into full rows (no padding), a high learning rate. Not yet shown to pay: in short
+# proxies (7 or 17 min of this pretraining + 3 min of fine-tuning vs 10 min from scratch, on a busy
+# machine) both reached ~80.4-80.5% SST-2 dev; the full 45 + 15 minutes is not measured yet.
 out_dir = 'out-mlm-reviews-cpu'
 dataset = 'movie_reviews'  # prepared on first use
 model_type = 'encoder'
