@@ -14,7 +14,7 @@ import sample
 import train
 from checkpoint import load_checkpoint
 from conftest import ROOT
-from test_train import run_script, tiny_args, training_losses
+from test_train import read_metrics, run_script, tiny_args, training_losses
 
 # float32, no dropout: every run takes the same steps on the same global batches
 COMMON = dict(gradient_accumulation_steps=2, eval_interval=4, learning_rate=1e-2, warmup_iters=0, eval_iters=2)
@@ -98,6 +98,18 @@ def test_sample_and_export_read_a_sharded_checkpoint(shakespeare_char_dir, tmp_p
     status, out, err = run_script(capsys, export.main, [f'--out_dir={tmp_path}', f'--to={tmp_path / "hf"}'])
     assert status == 0, err
     assert (tmp_path / 'hf' / 'model.safetensors').exists()
+
+
+def test_init_from_a_sharded_run_starts_from_its_weights(shakespeare_char_dir, tmp_path, capsys):
+    """init_from=<an FSDP run's out_dir> reads its ckpt.dcp on one process: the fine-tune's first
+    evaluation is the source's last (the same weights, the same evaluation batches)."""
+    source, tuned = tmp_path / 'source', tmp_path / 'tuned'
+    one_process(capsys, shakespeare_char_dir, source, max_iters=4, fsdp=True)
+    assert os.path.islink(source / 'ckpt.dcp') and not (source / 'ckpt.pt').exists()
+    one_process(capsys, shakespeare_char_dir, tuned, max_iters=2, eval_interval=2, init_from=str(source))
+    last = [m for m in read_metrics(source) if 'val_loss' in m][-1]
+    first = [m for m in read_metrics(tuned) if 'val_loss' in m][0]
+    assert first['iter'] == 0 and first['val_loss'] == pytest.approx(last['val_loss'], rel=1e-6)
 
 
 def test_muon_is_refused_with_fsdp(shakespeare_char_dir, tmp_path, capsys):
