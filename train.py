@@ -551,7 +551,7 @@ class Trainer:
 
     def run(self):
         cfg = self.cfg
-        local_iter, step_time = 0, 0.0
+        local_iter, step_time, timed_steps = 0, 0.0, 0
         start = time.time() - self.elapsed
         clock = self.elapsed  # rank 0's clock as every rank knows it: the learning rate follows it under max_time
         while True:
@@ -576,10 +576,11 @@ class Trainer:
             step_time += time.time() - t0  # evals left out
             self.iter_num += 1
             local_iter += 1
+            timed_steps += 1  # fewer than log_interval before the first line of a resumed run
             if self.iter_num % cfg.log_interval == 0:
-                self.log_progress(loss_sum, tokens, grad_norm, step_time / cfg.log_interval,
+                self.log_progress(loss_sum, tokens, grad_norm, step_time / timed_steps,
                                   first=local_iter <= cfg.log_interval)
-                step_time = 0.0
+                step_time, timed_steps = 0.0, 0
         if self.wandb is not None:
             self.wandb.finish()
 
