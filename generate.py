@@ -242,6 +242,14 @@ def beam_search(model, src, max_new_tokens, beam_size, length_penalty, use_cache
     return cut_at_eos(tokens[best], config.eos_id)
 
 
+def padded(rows, pad_id, device):
+    """Lists of ids -> one (len(rows), longest) tensor on `device`, right-padded with pad_id."""
+    out = torch.full((len(rows), max(map(len, rows))), pad_id, dtype=torch.long)
+    for r, row in enumerate(rows):
+        out[r, :len(row)] = torch.tensor(row)
+    return out.to(device)
+
+
 @torch.inference_mode()
 def translate(model, sentences, tokenizer, device='cpu', beam_size=1, length_penalty=0.6, batch_size=64):
     """Source sentences (str) -> translations (str), one per sentence. Sentences of similar
@@ -262,10 +270,8 @@ def translate(model, sentences, tokenizer, device='cpu', beam_size=1, length_pen
     batches = [fits[start:start + batch_size] for start in range(0, len(fits), batch_size)]
     batches += [[i] for i in order if len(ids[i]) > config.src_block_size]  # longer than trained: each alone
     for chunk in batches:
-        src = torch.full((len(chunk), max(len(ids[i]) for i in chunk)), config.pad_id, dtype=torch.long)
-        for row, i in enumerate(chunk):
-            src[row, :len(ids[i])] = torch.tensor(ids[i])
-        for i, hypothesis in zip(chunk, model.generate(src.to(device), beam_size=beam_size, length_penalty=length_penalty)):
+        src = padded([ids[i] for i in chunk], config.pad_id, device)
+        for i, hypothesis in zip(chunk, model.generate(src, beam_size=beam_size, length_penalty=length_penalty)):
             out[i] = tokenizer.decode(hypothesis)
     return out
 
@@ -310,10 +316,7 @@ def classify(model, tokenizer, sentences, device='cpu', batch_size=64):
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        tokens = torch.full((len(chunk), max(len(ids[i]) for i in chunk)), model.config.pad_id, dtype=torch.long)
-        for row, i in enumerate(chunk):
-            tokens[row, :len(ids[i])] = torch.tensor(ids[i])
-        probs = F.softmax(model(tokens.to(device))[0].float(), dim=-1)
+        probs = F.softmax(model(padded([ids[i] for i in chunk], model.config.pad_id, device))[0].float(), dim=-1)
         best = probs.max(dim=-1)
         for i, label, p in zip(chunk, best.indices.tolist(), best.values.tolist()):
             out[i] = (label, p)
