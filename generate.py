@@ -89,7 +89,7 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() / temperature
-    if top_k is not None:
+    if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
         logits = logits.masked_fill(logits < kth, float('-inf'))
     if top_p is not None and top_p < 1.0:
@@ -99,9 +99,15 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator
         sorted_logits = sorted_logits.masked_fill(outside, float('-inf'))
         logits = torch.full_like(logits, float('-inf')).scatter(-1, order, sorted_logits)
     probs = F.softmax(logits, dim=-1)
+    # One draw per row from probs, as torch.multinomial(probs, 1) makes it (same noise, same token)
+    # but in one batched op: with Exp(1) noise, argmax(p / noise) picks token i with probability p_i.
+    noise = torch.empty_like(probs)
     if generators is None:
-        return torch.multinomial(probs, num_samples=1)
-    return torch.cat([torch.multinomial(p[None], 1, generator=g) for p, g in zip(probs, generators)])
+        noise.exponential_()
+    else:
+        for row_noise, generator in zip(noise, generators):
+            row_noise.exponential_(generator=generator)
+    return (probs / noise).argmax(dim=-1, keepdim=True)
 
 
 @torch.inference_mode()

@@ -23,6 +23,7 @@ def test_json_output_reports_training_and_sampling(shakespeare_char_dir, capsys,
         assert results[key] > 0, key
     assert results['tokens_per_iter'] == 4 * 16 * 2  # batch x block x accumulation steps
     assert results['sample_new_tokens'] == 15  # 40 asked, cut to block_size - 1
+    assert results['sample_rounds'] == 3
     assert results['params'] > 0 and results['device'] == 'cpu' and results['dtype'] == 'float32'
     assert results['real_data'] is real_data and results['peak_memory_kind'] == 'max RSS'
     assert isinstance(results['sample_same_tokens'], bool)
@@ -39,7 +40,7 @@ def test_table_output_and_skipped_parts(shakespeare_char_dir, tmp_path, capsys):
     assert SAMPLING_KEYS <= results.keys()
 
 
-@pytest.mark.parametrize('flag', ['--measure_steps=-1', '--sample_tokens=-5', '--warmup_step=3'])
+@pytest.mark.parametrize('flag', ['--measure_steps=-1', '--sample_tokens=-5', '--warmup_step=3', '--sample_rounds=0'])
 def test_bad_settings_are_user_errors(flag):
     with pytest.raises(UserError):
         bench.main(['--device=cpu', flag])

@@ -149,6 +149,23 @@ def test_the_same_seed_gives_the_same_samples_whatever_the_batch_size(trained_di
     assert len(samples) == 10 and len(set(samples)) > 5
 
 
+def test_a_draw_is_torch_multinomials_for_the_same_generator():
+    """sample_next_token's batched draw picks the token torch.multinomial(probs, 1) would pick,
+    row by row with per-row generators and for the whole batch with the global generator."""
+    logits = torch.randn(6, 50) * 3
+    logits[:, 7] = float('-inf')  # a token that may never be drawn
+    probs = torch.softmax(logits / 0.7, dim=-1)
+    for seed in range(20):
+        expected = torch.cat([torch.multinomial(p[None], 1, generator=torch.Generator().manual_seed(seed + i))
+                              for i, p in enumerate(probs)])
+        generators = [torch.Generator().manual_seed(seed + i) for i in range(6)]
+        assert torch.equal(generate.sample_next_token(logits, 0.7, generators=generators), expected)
+        torch.manual_seed(seed)
+        expected = torch.multinomial(probs, 1)
+        torch.manual_seed(seed)
+        assert torch.equal(generate.sample_next_token(logits, 0.7), expected)
+
+
 def test_the_first_sample_is_nanogpts_for_the_same_seed(trained_dir, capsys):  # noqa: F811
     """Sample 0 draws from a generator seeded with `seed`, as nanoGPT's first sample after torch.manual_seed."""
     status, out, _ = run_script(capsys, sample.main, sample_args(trained_dir, num_samples=1, temperature=0.9,
