@@ -443,8 +443,10 @@ class TransformerModel(nn.Module):
             n -= sum(p.numel() for m in self.modules() if isinstance(m, PositionalEncoding) for p in m.parameters())
         return n
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer='adamw', muon_momentum=0.95):
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer='adamw', muon_momentum=0.95,
+                             muon_class=torch.optim.Muon):
         """AdamW, or Muon for the 2-D hidden matrices plus AdamW for the rest. Returns a list.
+        muon_class: torch's Muon, or a variant of it for the hardware (device.muon_class).
         Weight decay applies to matrices only: biases and norm gains are not decayed."""
         params = {name: p for name, p in self.named_parameters() if p.requires_grad}
         embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
@@ -465,8 +467,8 @@ class TransformerModel(nn.Module):
         # 'match_rms_adamw' scales its steps like AdamW's, so one learning_rate serves both.
         adam_groups = [{'params': [p for p in others if p.dim() >= 2], 'weight_decay': weight_decay},
                        {'params': [p for p in others if p.dim() < 2], 'weight_decay': 0.0}]
-        return [torch.optim.Muon(matrices, lr=learning_rate, weight_decay=weight_decay, momentum=muon_momentum,
-                                 adjust_lr_fn='match_rms_adamw'),
+        return [muon_class(matrices, lr=learning_rate, weight_decay=weight_decay, momentum=muon_momentum,
+                           adjust_lr_fn='match_rms_adamw'),
                 torch.optim.AdamW(adam_groups, lr=learning_rate, betas=betas, fused=fused)]
 
     def output_heads(self):

@@ -34,7 +34,7 @@ from checkpoint import (MODEL_CLASSES, load_checkpoint, load_sharded, model_from
                         save_sharded, set_rng_state, tokenizer_state)
 from configurator import UserError, configure, run_cli, settings_of
 from data import EpochSampler, LabelledSentences, MaskedSentences, SentencePairs, TokenStream
-from device import (DTYPES, autocast, compile_supported, keep_freed_memory, peak_flops, resolve_device, speed_up,
+from device import (DTYPES, autocast, compile_supported, keep_freed_memory, muon_class, peak_flops, resolve_device, speed_up,
                     training_dtype)
 from model import GPT, Encoder, EncoderConfig, GPTConfig, Seq2SeqConfig, config_fields
 from tokenizer import TiktokenTokenizer, load_meta, tokenizer_from_meta, tokenizer_from_state
@@ -366,7 +366,7 @@ class Trainer:
                      f"{sharding.local_bytes(self.raw_model, [])['parameters']:,} bytes of parameters")
         self.optimizers = self.raw_model.configure_optimizers(
             cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), self.device_type, cfg.optimizer,
-            cfg.muon_momentum)
+            cfg.muon_momentum, muon_class(self.device_type))
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype == 'float16')
         # skipped steps counted on the device (no host sync per step), read when logging or saving:
         # [skipped since last read, bad steps in a row]

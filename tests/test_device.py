@@ -88,6 +88,55 @@ def test_seq2seq_speed_ups_reach_encoder_decoder_and_cross_attention():
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this build")
+def muon_pair(seed=0):
+    """Two copies of the same parameters (a tall, a wide and a square matrix) with the same gradients."""
+    torch.manual_seed(seed)
+    params = [torch.randn(*shape) for shape in [(48, 16), (16, 40), (24, 24)]]
+    grads = [[torch.randn_like(p) for p in params] for _ in range(4)]
+    return [torch.nn.Parameter(p.clone()) for p in params], [torch.nn.Parameter(p.clone()) for p in params], grads
+
+
+def run_muon(optimizer, params, grads):
+    for step_grads in grads:
+        for p, g in zip(params, step_grads):
+            p.grad = g.clone()
+        optimizer.step()
+
+
+@pytest.mark.parametrize('adjust_lr_fn', ['match_rms_adamw', 'original', None])
+def test_float32_muon_is_torchs_muon_with_float32_newton_schulz(monkeypatch, adjust_lr_fn):
+    """Float32Muon makes torch.optim.Muon's steps exactly, once torch's own iterations run in float32;
+    with torch's bf16 iterations it agrees to bf16 precision."""
+    ours, theirs, grads = muon_pair()
+    settings = dict(lr=0.02, weight_decay=0.1, momentum=0.9, adjust_lr_fn=adjust_lr_fn)
+    run_muon(device.Float32Muon(ours, **settings), ours, grads)
+    bf16_theirs = [torch.nn.Parameter(p.detach().clone()) for p in muon_pair()[1]]
+    run_muon(torch.optim.Muon(bf16_theirs, **settings), bf16_theirs, grads)
+    monkeypatch.setattr(torch.optim._muon, '_zeropower_via_newtonschulz',
+                        lambda grad, coefficients, steps, eps: device.orthogonalised(grad, coefficients, steps, eps))
+    run_muon(torch.optim.Muon(theirs, **settings), theirs, grads)
+    for a, b, c in zip(ours, theirs, bf16_theirs):
+        assert torch.equal(a, b)
+        assert torch.allclose(a, c, atol=0.02 * 0.2 * 48 ** 0.5 * 4 * 0.02)  # a few % of the steps' size
+
+
+def test_float32_muon_takes_over_torchs_muon_state():
+    ours, theirs, grads = muon_pair()
+    torch_muon = torch.optim.Muon(theirs, lr=0.02)
+    run_muon(torch_muon, theirs, grads[:2])
+    float32_muon = device.Float32Muon(ours, lr=0.02)
+    float32_muon.load_state_dict(torch_muon.state_dict())  # a checkpoint written on another machine
+    assert all(torch.equal(float32_muon.state[p]['momentum_buffer'], torch_muon.state[q]['momentum_buffer'])
+               for p, q in zip(ours, theirs))
+
+
+@pytest.mark.parametrize('has_bf16, device_type, expected', [(False, 'cpu', 'Float32Muon'), (True, 'cpu', 'Muon'),
+                                                             (False, 'cuda', 'Muon')])
+def test_float32_muon_only_on_cpus_without_bf16(monkeypatch, has_bf16, device_type, expected):
+    monkeypatch.setattr(device, 'cpu_has_bf16', lambda: has_bf16)
+    assert device.muon_class(device_type).__name__ == expected
+
+
 def test_one_token_kernels_switch_onednn_off_for_one_token_only_and_restore_it():
     assert torch.backends.mkldnn.enabled
     with device.one_token_kernels(torch.zeros(1, 1, dtype=torch.long)):
