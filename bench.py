@@ -117,7 +117,7 @@ def measure_training(trainer, warmup_steps, measure_steps):
     synchronize(trainer.device)
     tokens, t0 = 0, time.perf_counter()
     for _ in range(measure_steps):
-        tokens += trainer.train_step()[1]  # target tokens of the global batch
+        tokens += trainer.train_step()[1]  # tokens the global batch fed the model
     synchronize(trainer.device)
     step_time = (time.perf_counter() - t0) / measure_steps
     memory, memory_kind = peak_memory(trainer.device)

@@ -41,6 +41,11 @@ class Batches:
     def __init__(self, device):
         self.device = torch.device(device)
 
+    def num_inputs(self, split, rows):
+        """Tokens the model reads for these rows, which tok/s and MFU count: its target tokens
+        (GPT, and the encoder-decoder's decoder), unless a dataset says otherwise."""
+        return self.num_targets(split, rows)
+
     def to_device(self, *tensors):
         if self.device.type == 'cuda':  # pinned memory lets the copy overlap with compute
             return tuple(t.pin_memory().to(self.device, non_blocking=True) for t in tensors)
@@ -393,6 +398,9 @@ class MaskedSentences(EncoderBatches):
     def num_targets(self, split, rows):
         return sum(int((targets != -1).sum()) for _, targets in self.masked(split, rows))
 
+    def num_inputs(self, split, rows):  # every token of a row is read, ~mask_prob of them predicted
+        return sum(len(inputs) for inputs, _ in self.masked(split, rows))
+
     def batch(self, split, rows):
         """rows -> (inputs, targets), both (len(rows), longest row): inputs with the masks applied,
         targets the original ids at the chosen positions and -1 elsewhere (padding included)."""
@@ -424,6 +432,10 @@ class LabelledSentences(EncoderBatches):
 
     def num_targets(self, split, rows):
         return len(rows)
+
+    def num_inputs(self, split, rows):  # [CLS] sentence [SEP], as framed() cuts it
+        lengths = self.splits[split].lengths(rows.numpy()).clip(max=self.block_size - 2)
+        return int(lengths.sum()) + 2 * len(rows)
 
     def batch(self, split, rows):
         """rows: sentence numbers -> (tokens (len(rows), longest), labels (len(rows),))."""

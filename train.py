@@ -572,7 +572,7 @@ class Trainer:
             if last or cfg.eval_only:
                 break
             t0 = time.time()
-            loss_sum, tokens, grad_norm = self.train_step()  # tokens: targets in the global batch
+            loss_sum, tokens, grad_norm = self.train_step()  # tokens: what the global batch fed the model
             step_time += time.time() - t0  # evals left out
             self.iter_num += 1
             local_iter += 1
@@ -601,9 +601,9 @@ class Trainer:
     def train_step(self):
         """One optimizer step over the global batch at learning rate self.lr. Returns (the mean loss on
         this rank's share, weighted so that the sum over ranks is the mean loss of the whole global
-        batch; the global batch's number of target tokens; the gradient norm before clipping)."""
+        batch; the number of tokens the global batch feeds the model; the gradient norm before clipping)."""
         self.set_learning_rate(self.lr)
-        micro_batches, total_targets = self.micro_batches()
+        micro_batches, tokens = self.micro_batches()
         loss_sum = torch.zeros((), device=self.device)
         for last, batch, weight in micro_batches:
             with self.gradient_sync(last):
@@ -615,7 +615,7 @@ class Trainer:
         self.optimizer_step(skip=self.count_bad_step(grad_norm, loss_sum))
         self.scaler.update()
         self.zero_grad()
-        return loss_sum, total_targets, grad_norm
+        return loss_sum, tokens, grad_norm
 
     def set_learning_rate(self, lr):
         for opt in self.optimizers:
@@ -623,7 +623,7 @@ class Trainer:
                 group['lr'] = lr
 
     def micro_batches(self):
-        """(this rank's micro-batches as (is the last, batch, weight), the global batch's target tokens).
+        """(this rank's micro-batches as (is the last, batch, weight), the tokens the global batch feeds the model).
         The global batch is drawn whole, the same on every rank; each rank takes its share. Each
         micro-batch counts by its share of the global batch's target tokens. A batch is read when
         the loop asks for it, while the device still works on the previous one."""
@@ -640,7 +640,7 @@ class Trainer:
             for micro_step, micro_rows in enumerate(my_rows):
                 weight = self.data.num_targets('train', micro_rows) / total_targets
                 yield micro_step == self.accum - 1, self.data.batch('train', micro_rows), weight
-        return batches(), total_targets
+        return batches(), self.data.num_inputs('train', rows)
 
     def gradient_sync(self, last):
         """DDP: all-reduce the gradients only in the last micro-step's backward; the others accumulate."""

@@ -11,6 +11,7 @@ import sample
 import train
 from checkpoint import load_checkpoint
 from configurator import configure
+from data import LabelledSentences, MaskedSentences
 from prepare import mlm_corpus, sst2
 from test_encoder import SST2, needs_mirrors, review_lines
 from test_train import read_metrics, run_script, tiny_args, training_losses
@@ -76,6 +77,23 @@ def test_masked_lm_pretraining_learns_and_logs_masked_accuracy(pretrained):
     checkpoint = load_checkpoint(str(pretrained))
     assert checkpoint['model_type'] == 'encoder' and checkpoint['model_args']['n_classes'] == 0
     assert 'label_names' not in checkpoint
+
+
+@pytest.mark.parametrize('pack_sentences', [True, False])
+def test_tokens_per_second_count_every_token_read_not_only_the_masked_ones(corpus_dir, sst2_dir, pack_sentences):
+    """tok/s and MFU count the tokens a batch feeds the encoder: whole rows for masked-LM (about
+    1/mask_prob times the tokens the loss counts), [CLS] sentence [SEP] for a classifier."""
+    generator = torch.Generator().manual_seed(0)
+    data = MaskedSentences(corpus_dir, 32, 'cpu', mask_prob=0.3, pack_sentences=pack_sentences)
+    rows = data.sample('train', 64, generator)
+    inputs, targets = data.batch('train', rows)
+    assert data.num_inputs('train', rows) == int((inputs != data.pad_id).sum())
+    assert data.num_targets('train', rows) == int((targets != -1).sum()) < 0.45 * data.num_inputs('train', rows)
+    labelled = LabelledSentences(sst2_dir, 16, 'cpu')
+    rows = labelled.sample('train', 64, generator)
+    tokens, _ = labelled.batch('train', rows)
+    assert labelled.num_inputs('train', rows) == int((tokens != labelled.pad_id).sum())
+    assert labelled.num_targets('train', rows) == 64
 
 
 def test_finetuning_loads_the_body_with_a_fresh_head_and_optimizer(pretrained, sst2_dir, tmp_path):
