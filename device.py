@@ -204,6 +204,16 @@ def orthogonalised(update, coefficients, steps, eps):
     return x if wide else x.T
 
 
+def muon_lr_scale(adjust_lr_fn, shape):
+    """torch.optim.Muon's learning-rate factor for a matrix of `shape`."""
+    rows, cols = shape[:2]
+    if adjust_lr_fn == 'match_rms_adamw':  # steps of AdamW's size: one learning rate serves both
+        return 0.2 * math.sqrt(max(rows, cols))
+    if adjust_lr_fn in (None, 'original'):
+        return math.sqrt(max(1, rows / cols))
+    return 1.0
+
+
 class Float32Muon(torch.optim.Muon):
     """torch.optim.Muon with its Newton-Schulz iterations in float32 instead of bf16. A CPU without
     bf16 arithmetic emulates bf16 matmuls: there one Muon step of a 4 x 128 model takes ~950 ms with
@@ -230,16 +240,6 @@ class Float32Muon(torch.optim.Muon):
                 p.mul_(1 - group['lr'] * group['weight_decay'])
                 p.add_(update.to(p.dtype), alpha=-group['lr'] * muon_lr_scale(group['adjust_lr_fn'], p.shape))
         return loss
-
-
-def muon_lr_scale(adjust_lr_fn, shape):
-    """torch.optim.Muon's learning-rate factor for a matrix of `shape`."""
-    rows, cols = shape[:2]
-    if adjust_lr_fn == 'match_rms_adamw':  # steps of AdamW's size: one learning rate serves both
-        return 0.2 * math.sqrt(max(rows, cols))
-    if adjust_lr_fn in (None, 'original'):
-        return math.sqrt(max(1, rows / cols))
-    return 1.0
 
 
 def muon_class(device_type):
