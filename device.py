@@ -32,8 +32,8 @@ def resolve_device(name):
     present = {'cpu': True, 'cuda': torch.cuda.is_available(), 'mps': torch.backends.mps.is_available()}
     if not present.get(kind, False):
         raise UserError(f"device {name!r} is not available on this machine: use --device=cpu (or auto)")
-    if kind == 'cuda':  # every later CUDA call (RNG state, bf16 query, allocations) then means this GPU
-        torch.cuda.set_device(name)
+    if kind == 'cuda' and torch.device(name).index is not None:  # cuda:N: every later CUDA call (RNG state,
+        torch.cuda.set_device(name)  # bf16 query, allocations) then means that GPU; plain 'cuda' is the current one
     return name
 
 

@@ -885,8 +885,10 @@ class Trainer:
         self.running_mfu = mfu if first else 0.9 * self.running_mfu + 0.1 * mfu
         self.log(f"iter {self.iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, "
                  f"{tokens / dt:,.0f} tok/s, mfu {self.running_mfu * 100:.2f}%")
+        # float16: the scaler's scale shows whether it settled (it halves at each overflowing step)
+        scale = {'loss_scale': self.scaler.get_scale()} if self.scaler.is_enabled() else {}
         self.record(loss=lossf, lr=self.lr, grad_norm=grad_norm, ms_per_iter=dt * 1000,
-                    tokens_per_sec=tokens / dt, mfu=self.running_mfu)
+                    tokens_per_sec=tokens / dt, mfu=self.running_mfu, **scale)
 
 
 def main(argv=None):

@@ -196,7 +196,13 @@ def test_any_cuda_device_becomes_the_current_one(monkeypatch):
     """--device=cuda:1 without torchrun: RNG state, bf16 queries and allocations must mean GPU 1."""
     fake_gpu(monkeypatch, (9, 0))
     chosen = []
-    monkeypatch.setattr(torch.cuda, 'set_device', chosen.append)
+
+    def set_device(name):  # as torch's: a device without an index is refused
+        if torch.device(name).index is None:
+            raise ValueError(f'Expected a torch.device with a specified index or an integer, but got:{name}')
+        chosen.append(name)
+    monkeypatch.setattr(torch.cuda, 'set_device', set_device)
+    assert device.resolve_device('cuda') == 'cuda' and chosen == []  # nanoGPT's --device=cuda: the current GPU
     assert device.resolve_device('cuda:1') == 'cuda:1' and chosen == ['cuda:1']
 
 
