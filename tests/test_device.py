@@ -68,6 +68,18 @@ def test_float32_attention_under_cpu_autocast_is_the_plain_attention_of_float32_
     assert torch.equal(attention.attend(q, k, v, is_causal=True), F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
 
+def test_cuda_runs_without_cudnn_attention_and_other_devices_keep_it():
+    """cuDNN's attention builds a plan per new shape: every step of generation has one (device.py)."""
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        device.speed_up(tiny_gpt(), 'cpu', 'float32')
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+        device.speed_up(tiny_gpt(), 'cuda', 'bfloat16')  # (the model stays where it is: only the switch matters)
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+
+
 def test_speed_ups_are_applied_once_and_survive_a_deepcopy():
     model = device.speed_up(tiny_gpt(), 'cpu', 'bfloat16')
     device.speed_up(model, 'cpu', 'bfloat16')
