@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU run of record: every CUDA path once (tests/test_cuda.py, then the whole suite with the GPU
 # present), then the figures the README quotes for one GPU. From the repo root, on a machine with one
-# CUDA GPU, data/shakespeare_char prepared and the data mirrors in ../shared (for the tests):
-#     bash gpu_run.sh [seconds]      # default 540: each step gets at most its cap and what is left
+# CUDA GPU, data/shakespeare_char and data/multi30k prepared, the data mirrors in ../shared (for the tests):
+#     bash gpu_run.sh [seconds]      # default 540: each step, in order, gets at most its cap and what is left
 # Output: $OUT/log.txt (everything), the runs' metrics.jsonl, and a summary at the end.
 set -u
 OUT=${OUT:-gpu-run}
@@ -41,8 +41,15 @@ for dtype in float16 bfloat16; do
     copy_metrics out-$dtype $dtype
 done
 step bench_char 90 $PY bench.py config/train_shakespeare_char.py
+step bench_gpt2_fsdp 150 $PY -m torch.distributed.run --standalone --nproc_per_node=1 bench.py config/train_gpt2.py \
+    --real_data=False --batch_size=16 --gradient_accumulation_steps=1 --fsdp=True
 step fast_recipe_eager 80 $PY train.py config/train_shakespeare_char_fast.py --compile=False --out_dir=out-fast-eager
 copy_metrics out-fast-eager fast_eager
+
+step multi30k 420 $PY train.py config/train_multi30k.py
+step multi30k_bleu 120 $PY sample.py --out_dir=out-multi30k --start=FILE:data/multi30k/test.de.txt \
+    --reference=data/multi30k/test.en.txt
+copy_metrics out-multi30k multi30k
 
 echo "== summary"
 grep -E "^== |^step [0-9]+:|passed|failed|FAILED|ERROR|Error|tokens/s|ms/iter|MFU|KV cache|full re-run|speedup|one at a time|one batch|peak memory|^gpt:|NVIDIA" "$LOG" | tail -n 160

@@ -476,9 +476,10 @@ class TransformerModel(nn.Module):
         embeddings (Muon's orthogonalised updates suit hidden matrices only)."""
         return [self.lm_head]
 
-    def estimate_mfu(self, tokens_per_iter, dt, peak):
-        """Model FLOPs utilisation: achieved FLOP/s over the device's peak (PaLM paper, appendix B)."""
-        return self.flops_per_token() * tokens_per_iter / dt / peak
+    def estimate_mfu(self, tokens_per_iter, dt, peak, **task):
+        """Model FLOPs utilisation: achieved FLOP/s over the device's peak (PaLM paper, appendix B).
+        task: what flops_per_token needs to know of the training (a masked-LM's mask_prob)."""
+        return self.flops_per_token(**task) * tokens_per_iter / dt / peak
 
     def attention_flops_per_token(self, context):
         return 12 * self.config.n_layer * self.config.n_embd * context
@@ -716,8 +717,14 @@ class Encoder(TransformerModel):
     def output_heads(self):
         return [self.classifier.out_proj if self.config.n_classes else self.mlm_head.decoder]
 
-    def flops_per_token(self):
-        return 6 * self.get_num_params() + self.attention_flops_per_token(self.config.block_size)
+    def flops_per_token(self, mask_prob=0.15):
+        """6 per parameter, as for the GPT, except the vocabulary matrix: at the input a lookup, and a matmul
+        only in the masked-LM head, which runs on the chosen positions alone (mask_prob of the tokens). A
+        classifier's head runs once a sentence; counted per token, it adds under 1% here."""
+        head = 0 if self.config.n_classes else self.mlm_head.decoder.weight.numel()
+        untied = head if head and self.mlm_head.decoder.weight is not self.wte.weight else 0
+        body = self.get_num_params() - self.wte.weight.numel() - untied
+        return 6 * (body + mask_prob * head) + self.attention_flops_per_token(self.config.block_size)
 
     def encode(self, tokens):
         """tokens: (B, T) right-padded ids, [CLS] first -> (B, T, C): each position's vector, computed

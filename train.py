@@ -872,7 +872,8 @@ class Trainer:
     def mfu(self, tokens, dt):
         """Model FLOPs utilisation of one device: this rank's share of the global batch's `tokens` (each
         rank computes 1/world of them) per `dt` seconds, against one device's peak."""
-        return self.raw_model.estimate_mfu(tokens / self.world, dt, self.peak)
+        task = {'mask_prob': self.cfg.mask_prob} if isinstance(self.data, MaskedSentences) else {}
+        return self.raw_model.estimate_mfu(tokens / self.world, dt, self.peak, **task)
 
     def log_progress(self, loss_sum, tokens, grad_norm, dt, first):
         """The "iter N: loss" line and its metrics record. dt: seconds per step since the last one;

@@ -139,6 +139,19 @@ def test_output_heads_are_trained_by_adamw_under_muon():
         assert id(model.h[0].attn.c_attn.weight) in in_muon
 
 
+@pytest.mark.parametrize('tie', [True, False])
+def test_flops_count_the_vocabulary_matrix_only_where_the_masked_lm_head_runs(tie):
+    mlm, classifier = tiny_encoder(tie_embeddings=tie), tiny_encoder(n_classes=2)
+    cfg = mlm.config
+    vocabulary = cfg.vocab_size * cfg.n_embd
+    attention = 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+    body = mlm.get_num_params() - vocabulary * (1 if tie else 2)  # the input lookup, and the untied head's copy
+    assert mlm.flops_per_token(mask_prob=0.3) == pytest.approx(6 * (body + 0.3 * vocabulary) + attention)
+    # a classifier computes no vocabulary logits at all
+    assert classifier.flops_per_token() == 6 * (classifier.get_num_params() - vocabulary) + attention
+    assert mlm.estimate_mfu(100, 1.0, 1e9, mask_prob=0.3) == pytest.approx(mlm.flops_per_token(0.3) * 100 / 1e9)
+
+
 def test_config_rejects_a_single_class():
     with pytest.raises(ValueError, match='n_classes'):
         EncoderConfig(n_classes=1)

@@ -96,6 +96,14 @@ def test_tokens_per_second_count_every_token_read_not_only_the_masked_ones(corpu
     assert labelled.num_targets('train', rows) == 64
 
 
+def test_masked_lm_mfu_counts_the_vocabulary_matrix_at_the_masked_share(corpus_dir, tmp_path):
+    config, explicit = configure(train.DEFAULTS, mlm_args(corpus_dir, tmp_path, mask_prob=0.3), sources=[train.__file__])
+    trainer = train.Trainer(train.Settings(**config), explicit)
+    expected = trainer.raw_model.flops_per_token(mask_prob=0.3) * 1000 / 0.5 / trainer.peak
+    assert trainer.mfu(1000, 0.5) == pytest.approx(expected)
+    assert expected < trainer.raw_model.flops_per_token(mask_prob=1.0) * 1000 / 0.5 / trainer.peak
+
+
 def test_finetuning_loads_the_body_with_a_fresh_head_and_optimizer(pretrained, sst2_dir, tmp_path):
     config, explicit = configure(train.DEFAULTS, finetune_args(sst2_dir, tmp_path / 'ft', pretrained),
                                  sources=[train.__file__])
