@@ -42,7 +42,7 @@ for dtype in float16 bfloat16; do
 done
 step bench_char 90 $PY bench.py config/train_shakespeare_char.py
 step bench_gpt2_fsdp 150 $PY -m torch.distributed.run --standalone --nproc_per_node=1 bench.py config/train_gpt2.py \
-    --real_data=False --batch_size=16 --gradient_accumulation_steps=1 --fsdp=True
+    --real_data=False --batch_size=16 --gradient_accumulation_steps=1 --fsdp=True --sample_tokens=0
 step fast_recipe_eager 80 $PY train.py config/train_shakespeare_char_fast.py --compile=False --out_dir=out-fast-eager
 copy_metrics out-fast-eager fast_eager
 

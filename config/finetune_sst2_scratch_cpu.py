@@ -16,7 +16,5 @@ mlp = 'relu2'
 qk_norm = True
 bias = False
 block_size = 128
-learning_rate = 1e-3  # from random weights: higher than a fine-tune's
-min_lr = 1e-4
 warmup_iters = 100
 max_time = 60 * 60.0
