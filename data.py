@@ -383,7 +383,7 @@ class MaskedSentences(EncoderBatches):
 
     def masked(self, split, rows):
         """Each row's (inputs, targets), masked by its own seed. Kept for the rows drawn lately: a step
-        asks for them three times (the global batch's targets, a micro-batch's, its batch)."""
+        asks for them four times (the global batch's targets and inputs, a micro-batch's targets, its batch)."""
         out = []
         for row in rows.tolist():
             if (split, row) not in self.recent:
