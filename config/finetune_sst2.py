@@ -1,6 +1,7 @@
 # GPU version of config/finetune_sst2_cpu.py: fine-tunes config/mlm_reviews.py's encoder on SST-2
 # (GLUE's phrase-level train, dev = SST-2's 872 sentences), bf16, compiled, 5 minutes of one GPU.
-# UNTESTED: written for a GPU, not run here (the recipes measured are the CPU ones).
+# Run once, shortened, on an H200 shared with other runs (2026-11-26): 110 s of pretraining (2,757 steps,
+# masked-LM val 3.78) and 60 s of fine-tuning (2,974 steps) gave 85.67% SST-2 dev; the full times are not measured.
 #   python train.py config/finetune_sst2.py
 out_dir = 'out-sst2'
 init_from = 'out-mlm-reviews'  # the architecture comes from its checkpoint

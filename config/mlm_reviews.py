@@ -1,6 +1,7 @@
 # GPU version of config/mlm_reviews_cpu.py: a bigger encoder (6 layers, 384 wide), bf16, compiled,
 # masked-LM pretraining on the movie reviews for 20 minutes of one GPU; then config/finetune_sst2.py.
-# UNTESTED: written for a GPU, not run here (the recipes measured are the CPU ones).
+# Run once, shortened, on an H200 shared with other runs (2026-11-26): 110 s of pretraining (2,757 steps,
+# masked-LM val 3.78) and 60 s of fine-tuning (2,974 steps) gave 85.67% SST-2 dev; the full times are not measured.
 #   python train.py config/mlm_reviews.py && python train.py config/finetune_sst2.py
 out_dir = 'out-mlm-reviews'
 dataset = 'movie_reviews'  # prepared on first use
