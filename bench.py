@@ -32,7 +32,7 @@ import generate
 import train
 from configurator import UserError, configure, run_cli
 from data import Batches
-from device import synchronize
+from device import PackedLinear, pack_for_inference, synchronize
 from model import Seq2SeqTransformer
 from tokenizer import load_meta
 
@@ -44,6 +44,7 @@ BENCH_DEFAULTS = dict(
     sample_tokens=255,  # new tokens per greedy generation (at most block_size - 1); 0 = no sampling
     sample_rows=10,  # samples of one prompt for the batched figure (sample.py's num_samples)
     sample_rounds=3,  # one row and the batch are timed alternately this many times; each keeps its best
+    packed_weights=True,  # sample with device.PackedLinear where it pays, as sample.py does; False: plain nn.Linear
     real_data=True,  # False: random token ids, so no dataset need be prepared (e.g. OpenWebText)
     json=False,  # print one JSON object instead of a table
 )
@@ -155,10 +156,12 @@ def sampled_rows(model, device, new_tokens, n_rows):
     return count / (time.perf_counter() - t0)
 
 
-def measure_sampling(trainer, sample_tokens, sample_rows, sample_rounds):
+def measure_sampling(trainer, sample_tokens, sample_rows, sample_rounds, packed_weights):
     # the uncompiled model (every step has a new length) with weights in the run's dtype, as sample.py
     # holds them (its dtype='auto' picks bf16 on bf16 CPUs: pass --dtype=bfloat16 to measure that)
     model = copy.deepcopy(trainer.raw_model).to(trainer.ptdtype).eval()
+    if packed_weights:
+        pack_for_inference(model, trainer.device_type, trainer.dtype)
     new_tokens = min(sample_tokens, model.config.block_size - 1)  # past the block the cache is not used
     for use_cache in (True, False):  # warm-up: first calls pay for allocations
         greedy(model, trainer.device, min(new_tokens, 8), use_cache)
@@ -179,6 +182,7 @@ def measure_sampling(trainer, sample_tokens, sample_rows, sample_rounds):
         'sample_no_cache_tokens_per_sec': rerun_speed,
         'sample_cache_speedup': cache_speed / rerun_speed,
         'sample_same_tokens': torch.equal(cached, rerun),  # may differ in low precision, where near-ties flip
+        'sample_packed_weights': any(isinstance(m, PackedLinear) for m in model.modules()),
     }
 
 
@@ -197,7 +201,7 @@ def run_bench(cfg, explicit, bench):
         results.update(measure_training(trainer, bench['warmup_steps'], bench['measure_steps']))
     if bench['sample_tokens'] and cfg.model_type == 'gpt':
         results.update(measure_sampling(trainer, bench['sample_tokens'], bench['sample_rows'],
-                                         bench['sample_rounds']))
+                                         bench['sample_rounds'], bench['packed_weights']))
     return results
 
 
@@ -213,7 +217,8 @@ def print_table(r):
         print(f"  MFU             {r['mfu'] * 100:.2f}%  of {r['peak_flops']:.3g} FLOP/s")
         print(f"  peak memory     {r['peak_memory_mib']:,.0f} MiB  ({r['peak_memory_kind']})")
     if 'sample_cache_speedup' in r:
-        print(f"greedy sampling, {r['sample_new_tokens']} new tokens from a one-token prompt:")
+        print(f"greedy sampling, {r['sample_new_tokens']} new tokens from a one-token prompt "
+              f"({'packed' if r['sample_packed_weights'] else 'plain'} Linear weights):")
         print(f"  KV cache        {r['sample_cache_tokens_per_sec']:,.1f} tokens/s")
         print(f"  full re-run     {r['sample_no_cache_tokens_per_sec']:,.1f} tokens/s")
         print(f"  speedup         {r['sample_cache_speedup']:.1f}x  (same tokens: {r['sample_same_tokens']})")

@@ -7,10 +7,12 @@ a test that it gives the numbers of the plain code.
 
 import ctypes
 import math
+import platform
 import time
 from contextlib import contextmanager, nullcontext
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from configurator import UserError
@@ -269,6 +271,38 @@ def no_attention_plans_per_shape():
     35-50 ms per new length for it, whatever the model's size (19-27 tok/s, against ~500 tok/s once every
     length had been seen). Flash and memory-efficient attention need no plan."""
     torch.backends.cuda.enable_cudnn_sdp(False)
+
+
+class PackedLinear(nn.Module):
+    """A Linear for inference whose weight oneDNN has laid out once, in the blocked order its
+    matrix kernel reads: a plain Linear's float32 matmul re-lays the weight out on every call.
+    Measured on a 2-core AVX2 EPYC, float32, the same tokens as the plain model: sampling the
+    6x384 Shakespeare model 18% faster with one row, 26% with ten (medians of six alternating rounds);
+    GPT-2 124M 12% and ~1.9x; a forward of 8 x 256 tokens 20%. The packed weight is a copy that an
+    optimizer would not see: for inference only."""
+
+    def __init__(self, linear):
+        super().__init__()
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach())
+        self.bias = linear.bias
+
+    def forward(self, x):
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, 'none', [], '')
+
+
+def pack_for_inference(model, device_type, dtype):
+    """Replace each nn.Linear of a model that will only be run (sample.py, not train.py) by a
+    PackedLinear, where that was measured to pay: float32 on an x86 CPU. The replaced weights
+    are freed, except a weight tied to an embedding, which that embedding keeps (GPT-2 124M: +154 MB
+    for its output head). Returns model."""
+    if device_type != 'cpu' or dtype != 'float32' or platform.machine().lower() not in ('x86_64', 'amd64') \
+            or not torch.backends.mkldnn.is_available():
+        return model
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, PackedLinear(child))
+    return model
 
 
 def speed_up(model, device_type, dtype):

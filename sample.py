@@ -22,7 +22,7 @@ import torch
 import generate
 from checkpoint import load_checkpoint, model_from_checkpoint, tokenizer_state
 from configurator import UserError, configure, run_cli, settings_of
-from device import inference_dtype, resolve_device, speed_up
+from device import inference_dtype, pack_for_inference, resolve_device, speed_up
 from model import GPT, Encoder
 from tokenizer import TiktokenTokenizer, tokenizer_from_state
 
@@ -165,7 +165,7 @@ def generate_text(cfg, model, tokenizer, prompt, run_device):
 # Encoder-decoder: translations
 
 
-def translate_text(cfg, model, tokenizer, source, run_device, checkpoint):
+def translate_text(cfg, model, tokenizer, source, run_device, summary):
     sentences = source.splitlines() if cfg.start.startswith('FILE:') else [source.strip()]
     references = read_reference(cfg, len(sentences), "sentences are to be translated") if cfg.reference else None
     t0 = time.time()
@@ -177,16 +177,16 @@ def translate_text(cfg, model, tokenizer, source, run_device, checkpoint):
     for line in translations:
         print(line)
     if references is not None:
-        report_bleu(cfg, translations, references, model, checkpoint, time.time() - t0)
+        report_bleu(cfg, translations, references, summary, time.time() - t0)
 
 
-def report_bleu(cfg, translations, references, model, checkpoint, seconds):
+def report_bleu(cfg, translations, references, summary, seconds):
     try:
         import sacrebleu
     except ImportError:
         raise UserError("BLEU needs sacrebleu: pip install sacrebleu") from None
     bleu = sacrebleu.corpus_bleu(translations, [references])
-    print(f"{bleu} | {trained_summary(model, checkpoint)} | translated in {seconds:.1f} s (beam {cfg.beam_size})",
+    print(f"{bleu} | {summary} | translated in {seconds:.1f} s (beam {cfg.beam_size})",
           file=sys.stderr)
 
 
@@ -231,7 +231,7 @@ def fill_text(cfg, model, tokenizer, text, run_device):
             print(f"  [MASK] {k}: {shown}")
 
 
-def label_text(cfg, model, tokenizer, text, run_device, checkpoint):
+def label_text(cfg, model, tokenizer, text, run_device, checkpoint, summary):
     from_file = cfg.start.startswith('FILE:')
     sentences = text.splitlines() if from_file else [text.strip()]
     for number, sentence in enumerate(sentences, 1):
@@ -252,13 +252,13 @@ def label_text(cfg, model, tokenizer, text, run_device, checkpoint):
     for label, p in predictions:
         print(names[label] if from_file else f"{names[label]} (probability {p:.3f})")
     if references is not None:
-        report_accuracy([names[label] for label, _ in predictions], references, model, checkpoint, time.time() - t0)
+        report_accuracy([names[label] for label, _ in predictions], references, summary, time.time() - t0)
 
 
-def report_accuracy(predicted, references, model, checkpoint, seconds):
+def report_accuracy(predicted, references, summary, seconds):
     correct = sum(p == r for p, r in zip(predicted, references))
     print(f"accuracy {100 * correct / len(references):.2f}% ({correct}/{len(references)}) | "
-          f"{trained_summary(model, checkpoint)} | labelled in {seconds:.1f} s", file=sys.stderr)
+          f"{summary} | labelled in {seconds:.1f} s", file=sys.stderr)
 
 
 def validate(cfg):
@@ -279,21 +279,24 @@ def main(argv=None):
     torch.manual_seed(cfg.seed)
     model, tokenizer, checkpoint = load_model(cfg)
     # inference needs no float32 master weights: half-size weights are read twice as fast
+    summary = trained_summary(model, checkpoint)  # counted before packing: a packed layer holds no weight parameter
     speed_up(model.eval().to(run_device, getattr(torch, run_dtype)), device_type, run_dtype)
     if cfg.compile:
         compile_generation_step(model)
+    else:
+        pack_for_inference(model, device_type, run_dtype)
     prompt = read_prompt(cfg.start)
     if isinstance(model, GPT):
         generate_text(cfg, model, tokenizer, prompt, run_device)
     elif isinstance(model, Encoder) and model.config.n_classes:
-        label_text(cfg, model, tokenizer, prompt, run_device, checkpoint)
+        label_text(cfg, model, tokenizer, prompt, run_device, checkpoint, summary)
     elif isinstance(model, Encoder):
         if cfg.reference:
             raise UserError("this checkpoint is a masked-language model: it has no labels to score against "
                             "--reference; fine-tune it into a classifier first")
         fill_text(cfg, model, tokenizer, prompt, run_device)
     else:
-        translate_text(cfg, model, tokenizer, prompt, run_device, checkpoint)
+        translate_text(cfg, model, tokenizer, prompt, run_device, summary)
 
 
 if __name__ == '__main__':

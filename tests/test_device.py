@@ -1,13 +1,14 @@
 """device.py: the hardware choices and the speed-ups, each checked against the plain code."""
 import copy
+import platform
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import device
-from generate import KVCache
-from model import GPT, GPTConfig, Seq2SeqConfig, Seq2SeqTransformer
+from generate import KVCache, sample_rows
+from model import GPT, Encoder, EncoderConfig, GPTConfig, Seq2SeqConfig, Seq2SeqTransformer
 
 VOCAB = 32
 
@@ -55,6 +56,70 @@ def test_speed_ups_leave_a_float32_model_bit_identical(mlp):
     assert all(torch.equal(grads[name], fast_grads[name]) for name in grads)
 
 
+packs = pytest.mark.skipif(not torch.backends.mkldnn.is_available() or platform.machine().lower() not in ('x86_64', 'amd64'),
+                           reason="weights are packed on x86 CPUs with oneDNN only")
+
+
+def packed_copy(model):
+    with torch.no_grad():  # biases start at zero: make them count
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear) and m.bias is not None and not m.bias.any():
+                m.bias.normal_()
+    packed = device.pack_for_inference(copy.deepcopy(model).eval(), 'cpu', 'float32')
+    assert not any(isinstance(m, torch.nn.Linear) for m in packed.modules())
+    return packed
+
+
+@packs
+@pytest.mark.parametrize('options', [dict(bias=True), dict(bias=False, mlp='swiglu', pos_emb='rope', n_kv_head=2)])
+def test_packed_gpt_gives_the_plain_logits_and_samples(options):
+    plain = tiny_gpt(**options).eval()
+    packed = packed_copy(plain)
+    assert torch.equal(packed.transformer.wte.weight, plain.transformer.wte.weight)  # the tied embedding keeps it
+    x = random_tokens(3, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(packed(x, targets=x)[0], plain(x, targets=x)[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(packed(x)[0], plain(x)[0], atol=1e-5, rtol=1e-5)  # the last position only
+
+    def samples(model):  # batched rows, each with its own generator, through the KV cache
+        generators = [torch.Generator().manual_seed(i) for i in range(3)]
+        return list(sample_rows(model, x[:1, :4], 3, 12, 0.8, None, None, generators))
+    assert samples(packed) == samples(plain)
+    assert torch.equal(packed.generate(x[:1, :4], 12, temperature=0.0), plain.generate(x[:1, :4], 12, temperature=0.0))
+
+
+@packs
+def test_packed_seq2seq_and_encoder_give_the_plain_outputs():
+    torch.manual_seed(0)
+    seq2seq = Seq2SeqTransformer(Seq2SeqConfig(vocab_size=VOCAB, n_layer=1, n_head=2, n_embd=16, bias=True)).eval()
+    src = random_tokens(2, 7).clamp(min=3)
+    tgt = random_tokens(2, 5).clamp(min=3)
+    with torch.no_grad():
+        torch.testing.assert_close(packed_copy(seq2seq)(src, tgt)[0], seq2seq(src, tgt)[0], atol=1e-5, rtol=1e-5)
+    assert packed_copy(seq2seq).generate(src, beam_size=2) == seq2seq.generate(src, beam_size=2)
+    for n_classes in (0, 3):
+        encoder = Encoder(EncoderConfig(vocab_size=VOCAB, block_size=16, n_layer=1, n_head=2, n_embd=16,
+                                        n_classes=n_classes)).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(packed_copy(encoder)(src)[0], encoder(src)[0], atol=1e-5, rtol=1e-5)
+
+
+@packs
+@pytest.mark.parametrize('bias', [True, False])
+def test_a_packed_linear_is_the_linear_for_inputs_of_any_shape_and_layout(bias):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(16, 24, bias=bias)
+    packed = device.PackedLinear(linear)
+    for x in (torch.randn(16), torch.randn(5, 16), torch.randn(2, 3, 16), torch.randn(4, 3, 16).transpose(0, 1)):
+        with torch.no_grad():
+            torch.testing.assert_close(packed(x), linear(x), atol=1e-5, rtol=1e-5)
+
+@pytest.mark.parametrize('device_type, dtype', [('cuda', 'float32'), ('cpu', 'bfloat16'), ('mps', 'float32')])
+def test_weights_are_packed_only_for_float32_on_a_cpu(device_type, dtype):
+    model = device.pack_for_inference(tiny_gpt(), device_type, dtype)
+    assert not any(isinstance(m, device.PackedLinear) for m in model.modules())
+
+
 def test_float32_attention_under_cpu_autocast_is_the_plain_attention_of_float32_heads():
     model = device.speed_up(tiny_gpt(qk_norm=False), 'cpu', 'bfloat16')
     attention = model.transformer.h[0].attn
@@ -99,7 +164,6 @@ def test_seq2seq_speed_ups_reach_encoder_decoder_and_cross_attention():
     assert model.decoder[0].mlp.activation == device.ReLUSquared.apply
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this build")
 def muon_pair(seed=0):
     """Two copies of the same parameters (a tall, a wide and a square matrix) with the same gradients."""
     torch.manual_seed(seed)
@@ -149,6 +213,7 @@ def test_float32_muon_only_on_cpus_without_bf16(monkeypatch, has_bf16, device_ty
     assert device.muon_class(device_type).__name__ == expected
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this build")
 def test_one_token_kernels_switch_onednn_off_for_one_token_only_and_restore_it():
     assert torch.backends.mkldnn.enabled
     with device.one_token_kernels(torch.zeros(1, 1, dtype=torch.long)):
