@@ -296,7 +296,7 @@ def pack_for_inference(model, device_type, dtype):
     are freed, except a weight tied to an embedding, which that embedding keeps (GPT-2 124M: +154 MB
     for its output head). Returns model."""
     if device_type != 'cpu' or dtype != 'float32' or platform.machine().lower() not in ('x86_64', 'amd64') \
-            or not torch.backends.mkldnn.is_available():
+            or not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, '_reorder_linear_weight'):
         return model
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):

@@ -278,8 +278,8 @@ def main(argv=None):
     run_dtype = inference_dtype(cfg.dtype, device_type)
     torch.manual_seed(cfg.seed)
     model, tokenizer, checkpoint = load_model(cfg)
-    # inference needs no float32 master weights: half-size weights are read twice as fast
     summary = trained_summary(model, checkpoint)  # counted before packing: a packed layer holds no weight parameter
+    # inference needs no float32 master weights: half-size weights are read twice as fast
     speed_up(model.eval().to(run_device, getattr(torch, run_dtype)), device_type, run_dtype)
     if cfg.compile:
         compile_generation_step(model)
