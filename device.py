@@ -290,13 +290,17 @@ class PackedLinear(nn.Module):
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, 'none', [], '')
 
 
+def packs_weights(device_type, dtype):
+    """Whether pack_for_inference packs here: float32 on an x86 CPU with oneDNN, where it was measured."""
+    return device_type == 'cpu' and dtype == 'float32' and platform.machine().lower() in ('x86_64', 'amd64') \
+        and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_reorder_linear_weight')
+
+
 def pack_for_inference(model, device_type, dtype):
     """Replace each nn.Linear of a model that will only be run (sample.py, not train.py) by a
-    PackedLinear, where that was measured to pay: float32 on an x86 CPU. The replaced weights
-    are freed, except a weight tied to an embedding, which that embedding keeps (GPT-2 124M: +154 MB
-    for its output head). Returns model."""
-    if device_type != 'cpu' or dtype != 'float32' or platform.machine().lower() not in ('x86_64', 'amd64') \
-            or not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, '_reorder_linear_weight'):
+    PackedLinear, where packs_weights says it pays. The replaced weights are freed, except a weight
+    tied to an embedding, which that embedding keeps (GPT-2 124M: +154 MB for its output head). Returns model."""
+    if not packs_weights(device_type, dtype):
         return model
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):

@@ -1,6 +1,5 @@
 """device.py: the hardware choices and the speed-ups, each checked against the plain code."""
 import copy
-import platform
 
 import pytest
 import torch
@@ -56,8 +55,7 @@ def test_speed_ups_leave_a_float32_model_bit_identical(mlp):
     assert all(torch.equal(grads[name], fast_grads[name]) for name in grads)
 
 
-packs = pytest.mark.skipif(not torch.backends.mkldnn.is_available() or platform.machine().lower() not in ('x86_64', 'amd64'),
-                           reason="weights are packed on x86 CPUs with oneDNN only")
+packs = pytest.mark.skipif(not device.packs_weights('cpu', 'float32'), reason="weights are packed on x86 CPUs with oneDNN only")
 
 
 def packed_copy(model):
@@ -113,6 +111,7 @@ def test_a_packed_linear_is_the_linear_for_inputs_of_any_shape_and_layout(bias):
     for x in (torch.randn(16), torch.randn(5, 16), torch.randn(2, 3, 16), torch.randn(4, 3, 16).transpose(0, 1)):
         with torch.no_grad():
             torch.testing.assert_close(packed(x), linear(x), atol=1e-5, rtol=1e-5)
+
 
 @pytest.mark.parametrize('device_type, dtype', [('cuda', 'float32'), ('cpu', 'bfloat16'), ('mps', 'float32')])
 def test_weights_are_packed_only_for_float32_on_a_cpu(device_type, dtype):
