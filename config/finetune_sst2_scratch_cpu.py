@@ -17,4 +17,5 @@ qk_norm = True
 bias = False
 block_size = 128
 warmup_iters = 100
+batch_size = 32  # as measured (README); the pretrained recipe fine-tunes at 16, not yet measured from scratch
 max_time = 60 * 60.0
