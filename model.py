@@ -58,8 +58,9 @@ class TransformerConfig:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.n_kv_head < 0 or (self.n_kv_head and self.n_head % self.n_kv_head):
             raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ('dropout', 'label_smoothing'):  # label_smoothing: the models that have it
+            if not 0.0 <= getattr(self, name, 0.0) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         choices = {'pos_emb': ('learned', 'sinusoidal', 'rope'), 'norm': ('layernorm', 'rmsnorm'),
                    'mlp': ('gelu', 'gelu_tanh', 'relu2', 'swiglu')}
         for name, allowed in choices.items():
@@ -107,8 +108,6 @@ class Seq2SeqConfig(TransformerConfig):
         super().__post_init__()
         if self.src_block_size <= 0 or self.tgt_block_size <= 0:
             raise ValueError("src_block_size and tgt_block_size must be positive")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
 @dataclass
@@ -116,6 +115,7 @@ class EncoderConfig(TransformerConfig):
     vocab_size: int = 8192  # a lowercase subword vocabulary with [PAD] [UNK] [CLS] [SEP] [MASK]
     block_size: int = 128  # longest sequence, [CLS] and [SEP]s included
     n_classes: int = 0  # 0: a masked-language model (pretraining); >0: a classifier of [CLS] (fine-tuning)
+    label_smoothing: float = 0.1  # the classifier's only (not the masked-LM's): +0.8 points on SST-2 dev, README
     pad_id: int = 0
 
     def __post_init__(self):
@@ -471,6 +471,12 @@ class TransformerModel(nn.Module):
                            adjust_lr_fn='match_rms_adamw'),
                 torch.optim.AdamW(adam_groups, lr=learning_rate, betas=betas, fused=fused)]
 
+    def smoothing(self):
+        """Label smoothing: the training target puts label_smoothing of its probability evenly on every
+        class (Szegedy et al., 2016), so the model is not pushed to ever more confident logits.
+        Evaluation reports the plain cross-entropy."""
+        return self.config.label_smoothing if self.training else 0.0
+
     def output_heads(self):
         """The layers that turn vectors into predictions: AdamW trains them even under Muon, like the
         embeddings (Muon's orthogonalised updates suit hidden matrices only)."""
@@ -636,7 +642,7 @@ class Seq2SeqTransformer(TransformerModel):
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
-                               label_smoothing=self.config.label_smoothing if self.training else 0.0)
+                               label_smoothing=self.smoothing())
         return logits, loss
 
     @torch.inference_mode()
@@ -740,11 +746,12 @@ class Encoder(TransformerModel):
         """A masked-language model: targets (B, T) hold the original ids at the positions chosen for
         the loss and -1 elsewhere -> (logits (N, vocab) of the N chosen positions, in row-major order,
         their mean cross-entropy). Without targets: (logits (B, T, vocab) of every position, None).
-        A classifier: targets (B,) class numbers -> (logits (B, n_classes), cross-entropy); without: (logits, None)."""
+        A classifier: targets (B,) class numbers -> (logits (B, n_classes), cross-entropy, label-smoothed in
+        training); without: (logits, None)."""
         x = self.encode(tokens)
         if self.config.n_classes:
             logits = self.classifier(x)
-            return logits, None if targets is None else F.cross_entropy(logits, targets)
+            return logits, None if targets is None else F.cross_entropy(logits, targets, label_smoothing=self.smoothing())
         if targets is None:
             return self.mlm_head(x), None
         chosen = targets != -1

@@ -83,7 +83,7 @@ mlp = 'gelu'  # 'gelu' | 'relu2' | 'swiglu'
 tie_embeddings = True
 fused_attention = True  # PyTorch's fused attention kernel; False runs model.scaled_dot_product_attention, the formula written out
 share_embeddings = True  # seq2seq: one embedding for source and target
-label_smoothing = 0.1  # seq2seq
+label_smoothing = 0.1  # seq2seq, and an encoder's classifier (not its masked-LM head)
 # optimizer
 optimizer = 'adamw'  # 'adamw' | 'muon' (Muon for hidden matrices, AdamW for the rest)
 muon_momentum = 0.95  # Muon's momentum; AdamW's are beta1 and beta2

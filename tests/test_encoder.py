@@ -131,6 +131,24 @@ def test_classifier_loss_and_fine_tuning_from_a_masked_lm():
         classifier.load_body(tiny_encoder(n_layer=3).state_dict())
 
 
+def test_label_smoothing_is_the_classifiers_in_training_only():
+    torch.manual_seed(0)
+    tokens, labels = torch.randint(5, 50, (4, 7)), torch.tensor([0, 1, 1, 0])
+    classifier = tiny_encoder(n_classes=2, label_smoothing=0.2).train()
+    logits, loss = classifier(tokens, labels)
+    assert torch.allclose(loss, F.cross_entropy(logits, labels, label_smoothing=0.2))
+    assert not torch.allclose(loss, F.cross_entropy(logits, labels))
+    logits, loss = classifier.eval()(tokens, labels)  # evaluation reports the plain cross-entropy
+    assert torch.allclose(loss, F.cross_entropy(logits, labels))
+    mlm = tiny_encoder(label_smoothing=0.2).train()  # the masked-LM loss is never smoothed
+    targets = torch.full_like(tokens, -1)
+    targets[:, 2] = tokens[:, 2]
+    logits, loss = mlm(tokens, targets)
+    assert torch.allclose(loss, F.cross_entropy(logits, tokens[:, 2]))
+    with pytest.raises(ValueError, match='label_smoothing'):
+        EncoderConfig(label_smoothing=1.0)
+
+
 def test_output_heads_are_trained_by_adamw_under_muon():
     for model in (tiny_encoder(), tiny_encoder(n_classes=2)):
         muon, adamw = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu', optimizer='muon')
