@@ -496,8 +496,12 @@ class Trainer:
         if cfg.model_type != 'encoder':
             model = model_from_checkpoint({**source, 'model_args': args}, cfg.model_type)
         else:
-            args.update(n_classes=self.meta.get('n_classes', 0), pad_id=self.meta['pad_id'])
-            model = Encoder(EncoderConfig(**args))
+            # label_smoothing from this run's settings even where an older checkpoint did not record it
+            args.update(n_classes=self.meta.get('n_classes', 0), pad_id=self.meta['pad_id'], label_smoothing=cfg.label_smoothing)
+            try:
+                model = Encoder(EncoderConfig(**args))
+            except ValueError as e:
+                raise UserError(f"invalid model settings: {e}") from None
             try:
                 model.load_body({k.removeprefix('_orig_mod.'): v for k, v in source['model'].items()})
             except ValueError as e:
