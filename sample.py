@@ -8,7 +8,7 @@ encoder to fill [MASK]s or label sentences:
     python sample.py --out_dir=out-multi30k --start="Zwei Hunde spielen im Schnee."
     python sample.py --out_dir=out-multi30k --start=FILE:data/multi30k/test.de.txt --reference=data/multi30k/test.en.txt
     python sample.py --out_dir=out-mlm-reviews-cpu --start="this movie is [MASK] ."
-    python sample.py --out_dir=out-sst2-cpu --start=FILE:data/sst2/val.txt --reference=data/sst2/val.labels.txt
+    python sample.py --out_dir=out-sst2-cpu --start=FILE:data/sst2_phrases/val.txt --reference=data/sst2_phrases/val.labels.txt
 """
 
 import codecs

@@ -3,7 +3,7 @@
 # The train split is GLUE's phrase-level train (67k labelled phrases of the 6,920 train sentences,
 # prepare/sst2.py --phrases, in the movie reviews' vocabulary); dev is SST-2's 872 sentences.
 #   python train.py config/finetune_sst2_cpu.py
-#   python sample.py --out_dir=out-sst2-cpu --start=FILE:data/sst2/val.txt --reference=data/sst2/val.labels.txt
+#   python sample.py --out_dir=out-sst2-cpu --start=FILE:data/sst2_phrases/val.txt --reference=data/sst2_phrases/val.labels.txt
 out_dir = 'out-sst2-cpu'
 init_from = 'out-mlm-reviews-cpu'  # the architecture comes from its checkpoint
 dataset = 'sst2_phrases'  # prepared on first use
