@@ -120,6 +120,14 @@ AUTO_PREPARED = {'shakespeare_char': ('shakespeare_char', {}, ()), 'shakespeare'
 ARCH_SETTINGS = config_fields(GPTConfig) | config_fields(Seq2SeqConfig) | config_fields(EncoderConfig)
 TRAINING_ONLY = {'dropout', 'label_smoothing', 'fused_attention'}  # may change when a run is resumed
 
+
+def training_only_settings(cfg):
+    """This run's TRAINING_ONLY settings that its model kind has: they replace a checkpoint's on resume or
+    fine-tuning, even where an older checkpoint did not record them."""
+    fields = config_fields(MODEL_CLASSES[cfg.model_type][1])
+    return {k: getattr(cfg, k) for k in TRAINING_ONLY if k in fields}
+
+
 stop_signal = None  # process state, not a setting: set by SIGTERM/SIGINT; the loop then saves and exits
 
 
@@ -456,7 +464,7 @@ class Trainer:
             checkpoint = load_checkpoint(cfg.out_dir, weights=not cfg.fsdp)
             check_resumable(cfg, checkpoint, explicit, self.meta)
             args = checkpoint['model_args']
-            args.update({k: getattr(cfg, k) for k in TRAINING_ONLY if k in args})
+            args.update(training_only_settings(cfg))
             self.model = model_from_checkpoint(checkpoint, cfg.model_type)
             self.model_args = checkpoint['model_args']
             name = 'ckpt.dcp' if 'dcp' in checkpoint else 'ckpt.pt'
@@ -492,12 +500,11 @@ class Trainer:
         cfg = self.cfg
         check_resumable(cfg, source, explicit, self.meta, source=cfg.init_from)
         args = dict(source['model_args'])
-        args.update({k: getattr(cfg, k) for k in TRAINING_ONLY if k in args})
+        args.update(training_only_settings(cfg))
         if cfg.model_type != 'encoder':
             model = model_from_checkpoint({**source, 'model_args': args}, cfg.model_type)
         else:
-            # label_smoothing from this run's settings even where an older checkpoint did not record it
-            args.update(n_classes=self.meta.get('n_classes', 0), pad_id=self.meta['pad_id'], label_smoothing=cfg.label_smoothing)
+            args.update(n_classes=self.meta.get('n_classes', 0), pad_id=self.meta['pad_id'])
             try:
                 model = Encoder(EncoderConfig(**args))
             except ValueError as e:
