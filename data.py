@@ -105,12 +105,14 @@ def document_starts(data, eot, chunk=1 << 26):
     return starts[starts < len(data)]
 
 
-def pack_documents(lengths, row_len, buffer=1000):
+def pack_documents(lengths, row_len, buffer=1000, cut=True):
     """Best-fit packing of documents (in corpus order, `buffer` at a time) into rows of row_len
     tokens, each row beginning at a document start: a row takes the longest waiting document that
     fits its room, again and again; when none fits, the shortest waiting one is cut to fill the
     row (its tail is dropped). buffer=1 is greedy packing (each document in turn, the one that
-    overflows is cut). Returns (row i's segments are ptr[i]:ptr[i+1] of (document, length))."""
+    overflows is cut). cut=False: documents stay whole (a row ends when none fits, and the last row
+    is kept however full; a document longer than row_len is still cut, alone in its row).
+    Returns (row i's segments are ptr[i]:ptr[i+1] of (document, length))."""
     import bisect
     waiting, next_doc, n = [], 0, len(lengths)  # waiting: sorted (length, document)
     docs, takes, ptr = [], [], [0]
@@ -122,6 +124,10 @@ def pack_documents(lengths, row_len, buffer=1000):
         if not waiting:
             break
         i = bisect.bisect_right(waiting, (room, n)) - 1  # the longest that fits
+        if i < 0 and not cut and room < row_len:  # none fits: the row ends short
+            ptr.append(len(docs))
+            room = row_len
+            continue
         length, doc = waiting.pop(i if i >= 0 else 0)
         docs.append(doc)
         takes.append(min(length, room))
@@ -129,6 +135,8 @@ def pack_documents(lengths, row_len, buffer=1000):
         if room == 0:
             ptr.append(len(docs))
             room = row_len
+    if not cut and room < row_len:
+        ptr.append(len(docs))
     ptr = np.array(ptr, dtype=np.int64)
     return np.array(docs[:ptr[-1]], dtype=np.int64), np.array(takes[:ptr[-1]], dtype=np.int64), ptr
 
@@ -411,9 +419,14 @@ class MaskedSentences(EncoderBatches):
 class LabelledSentences(EncoderBatches):
     """Sentence classification data (prepare/sst2.py): a row is [CLS] sentence [SEP], padded to the
     longest of its micro-batch (the global batch is sorted by length first); its target is the
-    sentence's class number, from `{split}.labels` (int64; meta['label_names'] names them)."""
+    sentence's class number, from `{split}.labels` (int64; meta['label_names'] names them).
 
-    def __init__(self, data_dir, block_size, device):
+    pack_sentences=True: a micro-batch's sentences are packed into as few rows of block_size as
+    pack_documents finds, with position_ids that restart at each [CLS] (the model reads each
+    sentence apart, Encoder.encode): the same numbers as one sentence a row, without the padding
+    (a random batch of SST-2 phrases is ~3x padding): faster steps (1.3-1.6x in the CPU recipe, README)."""
+
+    def __init__(self, data_dir, block_size, device, pack_sentences=False):
         super().__init__(data_dir, block_size, device, ('n_classes', 'label_names', 'cls_id', 'sep_id', 'pad_id'),
                          'sst2.py')
         self.n_classes, self.label_names = self.meta['n_classes'], self.meta['label_names']
@@ -425,6 +438,7 @@ class LabelledSentences(EncoderBatches):
                 raise UserError(f"{path} has {len(labels)} labels for {len(sentences)} sentences: "
                                 f"prepare the dataset again with {prepare_command(path)}")
             self.labels[split] = torch.from_numpy(labels)
+        self.pack_sentences = pack_sentences
 
     def sample(self, split, n_rows, generator):
         rows = torch.randint(len(self.splits[split]), (n_rows,), generator=generator)
@@ -438,6 +452,15 @@ class LabelledSentences(EncoderBatches):
         return int(lengths.sum()) + 2 * len(rows)
 
     def batch(self, split, rows):
-        """rows: sentence numbers -> (tokens (len(rows), longest), labels (len(rows),))."""
-        tokens = self.padded([self.framed(split, i) for i in rows.tolist()], self.pad_id)
-        return self.to_device(tokens, self.labels[split][rows])
+        """rows: sentence numbers -> (tokens (len(rows), longest), labels (len(rows),)), or packed:
+        (tokens (packed rows, longest), labels in the sentences' packed order, position_ids like tokens)."""
+        sentences = [self.framed(split, i) for i in rows.tolist()]
+        if not self.pack_sentences:
+            return self.to_device(self.padded(sentences, self.pad_id), self.labels[split][rows])
+        order, _, ptr = pack_documents([len(s) for s in sentences], self.block_size, buffer=len(sentences), cut=False)
+        packs = [order[a:b] for a, b in zip(ptr[:-1], ptr[1:])]
+        tokens = self.padded([torch.cat([sentences[k] for k in pack]) for pack in packs], self.pad_id)
+        # each sentence's positions count from 0; a row's padding goes on counting (never 0: no [CLS] there)
+        positions = [torch.cat([torch.arange(len(sentences[k])) for k in pack]) for pack in packs]
+        positions = [torch.cat([p, torch.arange(p[-1] + 1, p[-1] + 1 + tokens.size(1) - len(p))]) for p in positions]
+        return self.to_device(tokens, self.labels[split][rows[torch.from_numpy(order)]], torch.stack(positions))

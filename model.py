@@ -158,7 +158,7 @@ def apply_rotary(x, cos, sin):
     """RoPE: rotate pairs of channels by an angle proportional to the position, so the
     dot product of a query and a key depends only on their distance. x: (B, T, H, D)."""
     x1, x2 = x.chunk(2, dim=-1)
-    cos, sin = cos[:, None], sin[:, None]  # the same angles for every head
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # the same angles for every head
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
@@ -188,20 +188,22 @@ class PositionalEncoding(nn.Module):
         """Positions this module can encode now (the learned table's fixed length, or the tables' current one)."""
         return len(self.weight if self.kind == 'learned' else self.table if self.kind == 'sinusoidal' else self.cos)
 
-    def forward(self, x, start=0):
-        """x: (B, T, C) token embeddings of positions start..start+T-1 -> (x, rope tables or None)."""
-        end = start + x.size(1)
+    def forward(self, x, start=0, position_ids=None):
+        """x: (B, T, C) token embeddings of positions start..start+T-1, or of position_ids (B, T) when
+        given (packed sentences: each one's positions count from 0) -> (x, rope tables or None)."""
+        end = start + x.size(1)  # position_ids count within their row: below x.size(1) too
+        at = slice(start, end) if position_ids is None else position_ids
         if self.kind == 'learned':
             if end > self.max_len():
                 raise ValueError(f"position {end - 1} is past the {self.max_len()} learned positions of this model")
-            return x + self.weight[start:end], None
+            return x + self.weight[at], None
         if end > self.max_len():
             device = next(iter(self.buffers())).device
             self.make_tables(max(end, 2 * self.max_len()))
             self.to(device)
         if self.kind == 'sinusoidal':
-            return x + self.table[start:end], None
-        return x, (self.cos[start:end].to(x.dtype), self.sin[start:end].to(x.dtype))
+            return x + self.table[at], None
+        return x, (self.cos[at].to(x.dtype), self.sin[at].to(x.dtype))
 
     def crop(self, max_len):
         if self.kind == 'learned':
@@ -226,6 +228,14 @@ def padding_mask(tokens, pad_id):
     mask = tokens != pad_id
     mask[:, 0] |= ~mask.any(dim=1)
     return mask[:, None, None, :]
+
+
+def packed_mask(position_ids, real):
+    """(B, 1, T, T) bool for rows that hold several sentences one after another (packed, to spare the
+    padding): a token reads only the real tokens of its own sentence, so each sentence is encoded as if
+    it were alone. position_ids: (B, T), each token's position in its sentence (0 starts a sentence)."""
+    sentence = (position_ids == 0).cumsum(dim=1)  # which sentence of its row each token is in
+    return ((sentence[:, :, None] == sentence[:, None, :]) & real[:, None, :])[:, None]
 
 
 def split_heads(x, n_head):
@@ -412,11 +422,12 @@ def embedding_scale(config):
 
 class TransformerModel(nn.Module):
 
-    def run_stack(self, tokens, embedding, positions, blocks, final_norm, cache=None, input_norm=None, **block_args):
+    def run_stack(self, tokens, embedding, positions, blocks, final_norm, cache=None, input_norm=None,
+                  position_ids=None, **block_args):
         """The path every stack takes: token embedding, positions, [a norm,] dropout, the blocks, a final norm.
         With a cache the tokens continue at position cache.pos, which then moves past them."""
         start = 0 if cache is None else cache.pos
-        x, rope = positions(embedding(tokens) * self.emb_scale, start)
+        x, rope = positions(embedding(tokens) * self.emb_scale, start, position_ids)
         x = self.drop(x if input_norm is None else input_norm(x))
         for block in blocks:
             x = block(x, rope=rope, cache=cache, **block_args)
@@ -688,8 +699,8 @@ class ClassifierHead(nn.Module):
         self.out_proj = nn.Linear(config.n_embd, config.n_classes, bias=config.bias)
 
     def forward(self, x):
-        """x: (B, T, C) the encoder's output -> (B, n_classes), from position 0 only."""
-        x = self.dropout(x[:, 0])
+        """x: (N, C) the encoder's output at the [CLS] of each of N sentences -> (N, n_classes)."""
+        x = self.dropout(x)
         return self.out_proj(self.dropout(torch.tanh(self.dense(x))))
 
 
@@ -732,25 +743,29 @@ class Encoder(TransformerModel):
         body = self.get_num_params() - self.wte.weight.numel() - untied
         return 6 * (body + mask_prob * head) + self.attention_flops_per_token(self.config.block_size)
 
-    def encode(self, tokens):
+    def encode(self, tokens, position_ids=None):
         """tokens: (B, T) right-padded ids, [CLS] first -> (B, T, C): each position's vector, computed
-        from the whole sequence, padding left out. Computed positions (sinusoidal, rope) read longer
-        sequences than block_size; learned ones cannot."""
+        from the whole sequence, padding left out. position_ids (B, T): rows of packed sentences, each
+        [CLS] ... [SEP] at positions 0, 1, ..., read apart (packed_mask). Computed positions (sinusoidal,
+        rope) read longer sequences than block_size; learned ones cannot."""
         if self.config.pos_emb == 'learned' and tokens.size(1) > self.config.block_size:
             raise ValueError(f"sequence of {tokens.size(1)} tokens is longer than block_size {self.config.block_size} "
                              f"(learned positions): crop it")
-        return self.run_stack(tokens, self.wte, self.wpe, self.h, self.ln_f, input_norm=self.emb_norm,
-                              mask=padding_mask(tokens, self.config.pad_id))
+        mask = padding_mask(tokens, self.config.pad_id) if position_ids is None else \
+            packed_mask(position_ids, tokens != self.config.pad_id)
+        return self.run_stack(tokens, self.wte, self.wpe, self.h, self.ln_f, input_norm=self.emb_norm, mask=mask,
+                              position_ids=position_ids)
 
-    def forward(self, tokens, targets=None):
+    def forward(self, tokens, targets=None, position_ids=None):
         """A masked-language model: targets (B, T) hold the original ids at the positions chosen for
         the loss and -1 elsewhere -> (logits (N, vocab) of the N chosen positions, in row-major order,
         their mean cross-entropy). Without targets: (logits (B, T, vocab) of every position, None).
-        A classifier: targets (B,) class numbers -> (logits (B, n_classes), cross-entropy, label-smoothed in
-        training); without: (logits, None)."""
-        x = self.encode(tokens)
+        A classifier: targets (N,) class numbers of the N sentences -> (logits (N, n_classes), cross-entropy,
+        label-smoothed in training); without: (logits, None). A sentence is a row, or with position_ids
+        (packed rows, see encode) a [CLS] at position 0, in row-major order."""
+        x = self.encode(tokens, position_ids)
         if self.config.n_classes:
-            logits = self.classifier(x)
+            logits = self.classifier(x[:, 0] if position_ids is None else x[position_ids == 0])
             return logits, None if targets is None else F.cross_entropy(logits, targets, label_smoothing=self.smoothing())
         if targets is None:
             return self.mlm_head(x), None

@@ -66,7 +66,7 @@ block_size = 128  # context length (seq2seq: longest source and target sentence)
 sampling = 'random'  # 'random' (nanoGPT's: windows at random offsets, with replacement) | 'epoch' (gpt: each epoch a seeded permutation of all non-overlapping windows)
 align_documents = False  # gpt: every row starts at a document start (after <|endoftext|>), whole documents packed best-fit to fill it
 mask_prob = 0.15  # encoder masked-LM: share of the tokens chosen for the loss (of them 80% [MASK], 10% random, 10% kept)
-pack_sentences = True  # encoder masked-LM: rows of consecutive sentences up to block_size ([CLS] a [SEP] b [SEP] ...); False: one sentence a row
+pack_sentences = True  # encoder: rows of several sentences up to block_size, not one a row. Masked-LM: consecutive sentences ([CLS] a [SEP] b [SEP] ...), read together; classifier: [CLS] a [SEP] [CLS] b [SEP] ..., each read apart (the same numbers as one a row, less padding)
 # model
 n_layer = 4
 n_head = 4
@@ -251,7 +251,7 @@ def load_dataset(cfg, data_dir, device, meta):
         return SentencePairs(data_dir, cfg.block_size, device)
     if cfg.model_type == 'encoder':  # labelled sentences (prepare/sst2.py) or unlabelled ones (prepare/mlm_corpus.py)
         if meta is not None and 'n_classes' in meta:
-            return LabelledSentences(data_dir, cfg.block_size, device)
+            return LabelledSentences(data_dir, cfg.block_size, device, cfg.pack_sentences)
         return MaskedSentences(data_dir, cfg.block_size, device, cfg.mask_prob, cfg.pack_sentences)
     return TokenStream(data_dir, cfg.block_size, device, align_documents=cfg.align_documents)
 
@@ -757,7 +757,7 @@ class Trainer:
                     logits, loss = self.model(*batch)
                 loss_sum += loss.float() * self.data.num_targets(split, batch_rows)
                 if cfg.model_type == 'encoder':
-                    correct += self.raw_model.count_correct(logits, batch[-1])
+                    correct += self.raw_model.count_correct(logits, batch[1])
             num_targets = self.data.num_targets(split, torch.cat(batches))
             out[split] = self.all_sum(loss_sum).item() / num_targets
             if cfg.model_type == 'encoder' and split == 'val':

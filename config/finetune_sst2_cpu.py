@@ -8,6 +8,7 @@ out_dir = 'out-sst2-cpu'
 init_from = 'out-mlm-reviews-cpu'  # the architecture comes from its checkpoint
 dataset = 'sst2_phrases'  # prepared on first use
 model_type = 'encoder'
+pack_sentences = True  # train.py's default, named here: several phrases a row, each read apart; 1.3-1.6x faster steps
 dropout = 0.1
 batch_size = 16  # 84.75-85.21% in four whole-machine runs (mean 84.92%) against 32's 84.52%; README
 label_smoothing = 0.1  # train.py's default, named here: +0.8 points over three paired runs (README)

@@ -96,6 +96,29 @@ def test_padding_does_not_change_a_sentence(pos_emb):
     assert torch.allclose(model(batch)[0][0], model(short[None])[0][0], atol=1e-5)
 
 
+@pytest.mark.parametrize('pos_emb', ['learned', 'sinusoidal', 'rope'])
+@pytest.mark.parametrize('fused', [True, False])
+def test_packed_sentences_are_read_apart_as_if_each_were_alone(pos_emb, fused):
+    """Three sentences in two rows (position_ids restart at each [CLS], padding goes on counting) give
+    the logits, loss and gradients of one sentence a row, padded."""
+    torch.manual_seed(0)
+    model = tiny_encoder(pos_emb=pos_emb, n_classes=2, fused_attention=fused)
+    sentences = [torch.randint(5, 50, (n,)) for n in (6, 4, 9)]
+    padded = torch.zeros(3, 9, dtype=torch.long)
+    for row, sentence in enumerate(sentences):
+        padded[row, :len(sentence)] = sentence
+    packed = torch.zeros(2, 12, dtype=torch.long)
+    packed[0, :10], packed[1, :9] = torch.cat(sentences[:2]), sentences[2]
+    position_ids = torch.tensor([[0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5], list(range(12))])
+    labels = torch.tensor([1, 0, 1])
+    (logits, loss), (packed_logits, packed_loss) = model(padded, labels), model(packed, labels, position_ids)
+    assert torch.allclose(packed_logits, logits, atol=1e-5) and torch.allclose(packed_loss, loss, atol=1e-6)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    packed_grads = torch.autograd.grad(packed_loss, list(model.parameters()))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, packed_grads))
+    assert not torch.allclose(model.encode(packed)[0, :6], model.encode(padded)[0, :6], atol=1e-3)  # without: mixed
+
+
 def test_mlm_loss_counts_only_the_chosen_positions():
     torch.manual_seed(0)
     model = tiny_encoder()
@@ -247,6 +270,32 @@ def test_classification_batches(sst2_dir):
     tokenizer = tokenizer_from_meta(load_meta(sst2_dir))
     sentences = (Path(sst2_dir) / 'val.txt').read_text().split('\n')
     assert tokenizer.decode(tokens[0, 1:lengths[0] - 1]) == sentences[rows[0]]
+
+
+def test_packed_classification_batches_hold_each_sentence_once_whole_with_its_label(sst2_dir):
+    padded, packed = LabelledSentences(sst2_dir, 64, 'cpu'), LabelledSentences(sst2_dir, 64, 'cpu', pack_sentences=True)
+    rows = packed.sample('train', 48, torch.Generator().manual_seed(0))
+    tokens, labels = padded.batch('train', rows)
+    packed_tokens, packed_labels, position_ids = packed.batch('train', rows)
+    assert packed_tokens.size(1) <= 64 and packed_tokens.numel() < 0.75 * tokens.numel()  # less padding
+    assert (packed_tokens != packed.pad_id).sum() == (tokens != padded.pad_id).sum()  # no token lost, no padding added
+    starts = position_ids == 0
+    assert (packed_tokens[starts] == packed.cls_id).all() and starts.sum() == len(rows)
+    assert (packed_tokens[:, 0] == packed.cls_id).all()
+    # the sentences, read back in packed order between [CLS] and [SEP], with their labels: the padded batch's
+    sentences = {}
+    for row, positions in zip(packed_tokens.tolist(), position_ids.tolist()):
+        for k, (token, position) in enumerate(zip(row, positions)):
+            if token != packed.pad_id:
+                sentences.setdefault(len(sentences) - (position != 0), []).append(token)
+    by_sentence = sorted(zip(map(tuple, sentences.values()), packed_labels.tolist()))
+    real = [tuple(t[t != padded.pad_id].tolist()) for t in tokens]
+    assert by_sentence == sorted(zip(real, labels.tolist()))
+    model = tiny_encoder(vocab_size=packed.meta['vocab_size'], block_size=64, n_classes=2)
+    logits, loss = model(tokens, labels)
+    packed_logits, packed_loss = model(packed_tokens, packed_labels, position_ids)
+    assert torch.allclose(packed_loss, loss, atol=1e-6)
+    assert sorted(packed_logits[:, 0].tolist()) == pytest.approx(sorted(logits[:, 0].tolist()), abs=1e-5)
 
 
 # --- prepare scripts -------------------------------------------------------------

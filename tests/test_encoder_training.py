@@ -89,9 +89,9 @@ def test_tokens_per_second_count_every_token_read_not_only_the_masked_ones(corpu
     inputs, targets = data.batch('train', rows)
     assert data.num_inputs('train', rows) == int((inputs != data.pad_id).sum())
     assert data.num_targets('train', rows) == int((targets != -1).sum()) < 0.45 * data.num_inputs('train', rows)
-    labelled = LabelledSentences(sst2_dir, 16, 'cpu')
+    labelled = LabelledSentences(sst2_dir, 16, 'cpu', pack_sentences=pack_sentences)
     rows = labelled.sample('train', 64, generator)
-    tokens, _ = labelled.batch('train', rows)
+    tokens = labelled.batch('train', rows)[0]
     assert labelled.num_inputs('train', rows) == int((tokens != labelled.pad_id).sum())
     assert labelled.num_targets('train', rows) == 64
 
@@ -149,6 +149,17 @@ def test_finetuning_learns_logs_accuracy_on_the_whole_dev_set_and_samples(pretra
     assert status == 0, err
     assert len(out.splitlines()) == 25 and set(out.split()) <= {'0', '1'}
     assert 'accuracy ' in err and "100 iterations" in err
+
+
+def test_finetuning_on_packed_sentences_takes_the_steps_of_one_sentence_a_row(pretrained, sst2_dir, tmp_path, capsys):
+    """pack_sentences (the default) only spares the padding: without dropout, the same losses step by step."""
+    runs = {pack: tmp_path / str(pack) for pack in (True, False)}
+    for pack, out_dir in runs.items():
+        args = finetune_args(sst2_dir, out_dir, pretrained, dropout=0.0, max_iters=10, pack_sentences=pack)
+        assert run_script(capsys, train.main, args)[0] == 0
+    packed, padded = training_losses(runs[True]), training_losses(runs[False])
+    assert sorted(packed) == list(range(1, 11)) and packed == pytest.approx(padded, abs=1e-5)
+    assert packed[10] != pytest.approx(packed[1], abs=1e-3)  # the steps moved the weights
 
 
 @pytest.mark.parametrize('stage', ['pretraining', 'finetuning'])

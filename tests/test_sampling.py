@@ -127,6 +127,17 @@ def test_packed_rows_fill_up_with_whole_documents(buffer):
     assert not np.any(cut & ~last_in_row)
 
 
+def test_packing_whole_documents_keeps_each_once_and_ends_a_row_only_when_none_fits():
+    lengths = np.random.default_rng(3).integers(1, 40, size=300)
+    docs, takes, ptr = pack_documents(lengths, 64, buffer=len(lengths), cut=False)
+    assert sorted(docs.tolist()) == list(range(300)) and np.array_equal(takes, lengths[docs])  # all, whole
+    filled = np.add.reduceat(takes, ptr[:-1])
+    assert filled.max() <= 64
+    shortest_left = [lengths[docs[ptr[i + 1]:]].min() for i in range(len(ptr) - 2)]
+    assert all(64 - f < s for f, s in zip(filled, shortest_left))  # a row ends when no document left fits
+    assert len(ptr) - 1 <= np.ceil(lengths.sum() / 64) + 1
+
+
 def test_aligned_rows_all_begin_at_a_document_start(tmp_path):
     tokens = write_documents(tmp_path / 'docs', np.random.default_rng(2).integers(2, 120, size=400))
     stream = TokenStream(str(tmp_path / 'docs'), block_size=48, device='cpu', align_documents=True)
