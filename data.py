@@ -460,7 +460,12 @@ class LabelledSentences(EncoderBatches):
         order, _, ptr = pack_documents([len(s) for s in sentences], self.block_size, buffer=len(sentences), cut=False)
         packs = [order[a:b] for a, b in zip(ptr[:-1], ptr[1:])]
         tokens = self.padded([torch.cat([sentences[k] for k in pack]) for pack in packs], self.pad_id)
-        # each sentence's positions count from 0; a row's padding goes on counting (never 0: no [CLS] there)
-        positions = [torch.cat([torch.arange(len(sentences[k])) for k in pack]) for pack in packs]
-        positions = [torch.cat([p, torch.arange(p[-1] + 1, p[-1] + 1 + tokens.size(1) - len(p))]) for p in positions]
-        return self.to_device(tokens, self.labels[split][rows[torch.from_numpy(order)]], torch.stack(positions))
+        positions = torch.stack([self.positions_in_row([len(sentences[k]) for k in pack], tokens.size(1))
+                                 for pack in packs])
+        return self.to_device(tokens, self.labels[split][rows[torch.from_numpy(order)]], positions)
+
+    @staticmethod
+    def positions_in_row(lengths, width):
+        """Each sentence's positions, from 0; the last sentence's run on over the row's padding (never 0
+        there, so no [CLS] is seen in it)."""
+        return torch.cat([torch.arange(n) for n in lengths[:-1]] + [torch.arange(width - sum(lengths[:-1]))])
