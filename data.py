@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from configurator import UserError
-from tokenizer import load_meta
+from tokenizer import load_meta, tokenizer_from_meta
 
 
 def prepare_command(path):
@@ -325,18 +325,36 @@ class EncoderBatches(Batches):
 MASK_SEED_BITS = 31  # a masked-LM row is (sentence number << 31) | the seed of its mask: see MaskedSentences
 
 
-def mask_tokens(tokens, generator, mask_prob, mask_id, special_ids, random_ids):
+def mask_tokens(tokens, generator, mask_prob, mask_id, special_ids, random_ids, continues_word=None):
     """BERT's masking of one sequence (1-D long tensor). Each token that is not special ([CLS], [SEP],
     [PAD], ...) is chosen with probability mask_prob; a chosen token becomes [MASK] 80% of the time,
     a random token 10%, and stays itself 10% (so the model must make a guess at every position, not
     only at [MASK]). Returns (inputs, targets): targets hold the original ids at the chosen
-    positions and -1 elsewhere, so the loss counts only those."""
+    positions and -1 elsewhere, so the loss counts only those.
+
+    Whole-word masking (continues_word, a bool per vocabulary id: True for a piece that continues
+    the word before it, 'ing' after '▁interest'): each word is chosen or not as a whole, so that a
+    word is never guessed from its own other pieces."""
     draw = torch.rand(2, len(tokens), generator=generator)
     replacements = random_ids[torch.randint(len(random_ids), (len(tokens),), generator=generator)]
-    chosen = (draw[0] < mask_prob) & ~torch.isin(tokens, special_ids)
+    choice = draw[0]
+    if continues_word is not None:  # every piece takes the draw of its word's first piece
+        positions = torch.arange(len(tokens))
+        word_start = torch.where(continues_word[tokens], 0, positions).cummax(0).values
+        choice = choice[word_start]
+    chosen = (choice < mask_prob) & ~torch.isin(tokens, special_ids)
     inputs = torch.where(chosen & (draw[1] < 0.8), mask_id, tokens)
     inputs = torch.where(chosen & (draw[1] >= 0.8) & (draw[1] < 0.9), replacements, inputs)
     return inputs, torch.where(chosen, tokens, -1)
+
+
+def continues_word(tokenizer):
+    """A bool per vocabulary id: True for a piece that continues a word (the encoder's vocabulary marks
+    the first piece of each word with '▁', its Metaspace); special tokens stand alone."""
+    flags = [not tokenizer.id_to_token(i).startswith('▁') for i in range(tokenizer.vocab_size)]
+    for i in tokenizer.special_ids().values():
+        flags[i] = False
+    return torch.tensor(flags)
 
 
 class MaskedSentences(EncoderBatches):
@@ -352,11 +370,12 @@ class MaskedSentences(EncoderBatches):
     mask (mask_tokens), so a sentence gets a fresh mask every time it is drawn, while a resumed run,
     every rank and num_targets all see the same masks."""
 
-    def __init__(self, data_dir, block_size, device, mask_prob=0.15, pack_sentences=True):
+    def __init__(self, data_dir, block_size, device, mask_prob=0.15, pack_sentences=True, whole_word_masking=False):
         super().__init__(data_dir, block_size, device, ('mask_id', 'cls_id', 'sep_id', 'pad_id'), 'mlm_corpus.py')
         if not 0.0 < mask_prob < 1.0:
             raise UserError(f"mask_prob must be between 0 and 1, got {mask_prob}")
         self.mask_prob, self.pack_sentences = mask_prob, pack_sentences
+        self.continues_word = continues_word(tokenizer_from_meta(self.meta)) if whole_word_masking else None
         self.recent = {}  # (split, row) -> masked row, see masked()
         self.mask_id = self.meta['mask_id']
         special = sorted({i for key, i in self.meta.items() if key.endswith('_id')})
@@ -399,7 +418,8 @@ class MaskedSentences(EncoderBatches):
                     self.recent.clear()
                 generator = torch.Generator().manual_seed(row & (2 ** MASK_SEED_BITS - 1))
                 self.recent[split, row] = mask_tokens(self.sequence(split, row >> MASK_SEED_BITS), generator,
-                                                      self.mask_prob, self.mask_id, self.special_ids, self.random_ids)
+                                                      self.mask_prob, self.mask_id, self.special_ids, self.random_ids,
+                                                      self.continues_word)
             out.append(self.recent[split, row])
         return out
 

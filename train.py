@@ -66,6 +66,7 @@ block_size = 128  # context length (seq2seq: longest source and target sentence)
 sampling = 'random'  # 'random' (nanoGPT's: windows at random offsets, with replacement) | 'epoch' (gpt: each epoch a seeded permutation of all non-overlapping windows)
 align_documents = False  # gpt: every row starts at a document start (after <|endoftext|>), whole documents packed best-fit to fill it
 mask_prob = 0.15  # encoder masked-LM: share of the tokens chosen for the loss (of them 80% [MASK], 10% random, 10% kept)
+whole_word_masking = False  # encoder masked-LM: choose whole words (all of a word's pieces or none), not single pieces
 pack_sentences = True  # encoder: rows of several sentences up to block_size, not one a row. Masked-LM: consecutive sentences ([CLS] a [SEP] b [SEP] ...), read together; classifier: [CLS] a [SEP] [CLS] b [SEP] ..., each read apart (the same numbers as one a row, less padding)
 # model
 n_layer = 4
@@ -252,7 +253,7 @@ def load_dataset(cfg, data_dir, device, meta):
     if cfg.model_type == 'encoder':  # labelled sentences (prepare/sst2.py) or unlabelled ones (prepare/mlm_corpus.py)
         if meta is not None and 'n_classes' in meta:
             return LabelledSentences(data_dir, cfg.block_size, device, cfg.pack_sentences)
-        return MaskedSentences(data_dir, cfg.block_size, device, cfg.mask_prob, cfg.pack_sentences)
+        return MaskedSentences(data_dir, cfg.block_size, device, cfg.mask_prob, cfg.pack_sentences, cfg.whole_word_masking)
     return TokenStream(data_dir, cfg.block_size, device, align_documents=cfg.align_documents)
 
 

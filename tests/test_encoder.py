@@ -226,6 +226,36 @@ def test_masking_statistics(corpus_dir, pack, mask_prob):
     assert abs(counts['kept'] / counts['chosen'] - 0.1) < 0.02  # (a random token is rarely the same one)
 
 
+def how_words_are_masked(data):
+    """Over 20 batches: (share of the plain tokens chosen, words of several pieces chosen whole,
+    such words chosen in part only). A word is a piece marked '▁' and the unmarked ones after it."""
+    tokenizer = tokenizer_from_meta(data.meta)
+    starts_word = [tokenizer.id_to_token(i).startswith('▁') for i in range(tokenizer.vocab_size)]
+    generator = torch.Generator().manual_seed(0)
+    tokens = chosen_tokens = whole = part = 0
+    for _ in range(20):
+        rows = data.sample('train', 32, generator)
+        for row, (_, targets) in zip(rows.tolist(), data.masked('train', rows)):
+            original, chosen = data.sequence('train', row >> MASK_SEED_BITS).tolist(), (targets != -1).tolist()
+            plain = [t not in data.special_ids for t in original]
+            tokens, chosen_tokens = tokens + sum(plain), chosen_tokens + sum(chosen)
+            starts = [i for i, t in enumerate(original) if starts_word[t] or not plain[i]]
+            for start, end in zip(starts, starts[1:]):
+                if end - start > 1 and any(chosen[start:end]):
+                    whole += all(chosen[start:end])
+                    part += not all(chosen[start:end])
+    return chosen_tokens / tokens, whole, part
+
+
+@needs_mirrors
+def test_whole_word_masking_chooses_all_of_a_word_or_none(corpus_dir):
+    share, whole, part = how_words_are_masked(MaskedSentences(corpus_dir, 64, 'cpu', 0.3, whole_word_masking=True))
+    assert whole > 500 and part == 0  # (a 600-token vocabulary: many words are several pieces)
+    assert abs(share - 0.3) < 0.02  # words are chosen at mask_prob, so tokens are too
+    share, whole, part = how_words_are_masked(MaskedSentences(corpus_dir, 64, 'cpu', 0.3))
+    assert part > whole and abs(share - 0.3) < 0.01  # piece by piece, most such words are cut
+
+
 @needs_mirrors
 def test_rows_are_packed_or_one_sentence_each(corpus_dir):
     packed = MaskedSentences(corpus_dir, 64, 'cpu', pack_sentences=True)
