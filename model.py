@@ -116,12 +116,15 @@ class EncoderConfig(TransformerConfig):
     block_size: int = 128  # longest sequence, [CLS] and [SEP]s included
     n_classes: int = 0  # 0: a masked-language model (pretraining); >0: a classifier of [CLS] (fine-tuning)
     label_smoothing: float = 0.1  # the classifier's only (not the masked-LM's): +0.8 points on SST-2 dev, README
+    rdrop: float = 0.0  # the classifier's R-Drop weight: two dropout draws of a batch must agree (Encoder.forward)
     pad_id: int = 0
 
     def __post_init__(self):
         super().__post_init__()
         if self.block_size <= 0:
             raise ValueError(f"block_size must be positive, got {self.block_size}")
+        if self.rdrop < 0:
+            raise ValueError(f"rdrop must be at least 0, got {self.rdrop}")
         if self.n_classes < 0 or self.n_classes == 1:
             raise ValueError(f"n_classes must be 0 (masked-language model) or at least 2, got {self.n_classes}")
         if not 0 <= self.pad_id < self.vocab_size:
@@ -737,11 +740,13 @@ class Encoder(TransformerModel):
     def flops_per_token(self, mask_prob=0.15):
         """6 per parameter, as for the GPT, except the vocabulary matrix: at the input a lookup, and a matmul
         only in the masked-LM head, which runs on the chosen positions alone (mask_prob of the tokens). A
-        classifier's head runs once a sentence; counted per token, it adds under 1% here."""
+        classifier's head runs once a sentence; counted per token, it adds under 1% here. R-Drop runs a
+        classifier's training batch twice."""
         head = 0 if self.config.n_classes else self.mlm_head.decoder.weight.numel()
         untied = head if head and self.mlm_head.decoder.weight is not self.wte.weight else 0
         body = self.get_num_params() - self.wte.weight.numel() - untied
-        return 6 * (body + mask_prob * head) + self.attention_flops_per_token(self.config.block_size)
+        passes = 2 if self.config.n_classes and self.config.rdrop else 1
+        return passes * (6 * (body + mask_prob * head) + self.attention_flops_per_token(self.config.block_size))
 
     def encode(self, tokens, position_ids=None):
         """tokens: (B, T) right-padded ids, [CLS] first -> (B, T, C): each position's vector, computed
@@ -763,10 +768,12 @@ class Encoder(TransformerModel):
         A classifier: targets (N,) class numbers of the N sentences -> (logits (N, n_classes), cross-entropy,
         label-smoothed in training); without: (logits, None). A sentence is a row, or with position_ids
         (packed rows, see encode) a [CLS] at position 0, in row-major order."""
-        x = self.encode(tokens, position_ids)
         if self.config.n_classes:
-            logits = self.classifier(x[:, 0] if position_ids is None else x[position_ids == 0])
+            if self.training and self.config.rdrop and targets is not None:
+                return self.rdrop_forward(tokens, targets, position_ids)
+            logits = self.classify(tokens, position_ids)
             return logits, None if targets is None else F.cross_entropy(logits, targets, label_smoothing=self.smoothing())
+        x = self.encode(tokens, position_ids)
         if targets is None:
             return self.mlm_head(x), None
         chosen = targets != -1
@@ -774,6 +781,25 @@ class Encoder(TransformerModel):
         # the mean over the chosen tokens; a batch with none has loss 0, not 0/0
         loss = F.cross_entropy(logits, targets[chosen], reduction='sum') / chosen.sum().clamp(min=1)
         return logits, loss
+
+    def classify(self, tokens, position_ids=None):
+        """The logits (N, n_classes) of the N sentences, from each one's [CLS] vector."""
+        x = self.encode(tokens, position_ids)
+        return self.classifier(x[:, 0] if position_ids is None else x[position_ids == 0])
+
+    def rdrop_forward(self, tokens, targets, position_ids):
+        """R-Drop (Liang et al., 2021): the batch runs twice under different dropout masks, and the loss is
+        the two runs' mean cross-entropy plus rdrop times their symmetric KL divergence, so the sub-networks
+        that dropout samples learn to agree (a regulariser: README for its gain here). The two runs are one
+        batch of two copies (one pass of larger matrices). Returns the first copy's logits and the loss."""
+        twice = None if position_ids is None else torch.cat([position_ids, position_ids])
+        logits, logits2 = self.classify(torch.cat([tokens, tokens]), twice).chunk(2)
+        loss = (F.cross_entropy(logits, targets, label_smoothing=self.smoothing()) +
+                F.cross_entropy(logits2, targets, label_smoothing=self.smoothing())) / 2
+        p, q = F.log_softmax(logits, dim=-1), F.log_softmax(logits2, dim=-1)
+        kl = (F.kl_div(p, q, log_target=True, reduction='batchmean') +
+              F.kl_div(q, p, log_target=True, reduction='batchmean')) / 2
+        return logits, loss + self.config.rdrop * kl
 
     def count_correct(self, logits, targets):
         """How many of forward's predictions (the argmax of its logits) are right: for the accuracy."""

@@ -85,6 +85,7 @@ tie_embeddings = True
 fused_attention = True  # PyTorch's fused attention kernel; False runs model.scaled_dot_product_attention, the formula written out
 share_embeddings = True  # seq2seq: one embedding for source and target
 label_smoothing = 0.1  # seq2seq, and an encoder's classifier (not its masked-LM head)
+rdrop = 0.0  # an encoder's classifier: R-Drop's weight on two dropout draws agreeing (two passes a step)
 # optimizer
 optimizer = 'adamw'  # 'adamw' | 'muon' (Muon for hidden matrices, AdamW for the rest)
 muon_momentum = 0.95  # Muon's momentum; AdamW's are beta1 and beta2
@@ -119,7 +120,7 @@ AUTO_PREPARED = {'shakespeare_char': ('shakespeare_char', {}, ()), 'shakespeare'
                  # SST-2 in the movie reviews' vocabulary, so that a model pretrained there reads it
                  'sst2': ('sst2', {}, ('movie_reviews',)), 'sst2_phrases': ('sst2', {'phrases': True}, ('movie_reviews',))}
 ARCH_SETTINGS = config_fields(GPTConfig) | config_fields(Seq2SeqConfig) | config_fields(EncoderConfig)
-TRAINING_ONLY = {'dropout', 'label_smoothing', 'fused_attention'}  # may change when a run is resumed
+TRAINING_ONLY = {'dropout', 'label_smoothing', 'rdrop', 'fused_attention'}  # may change when a run is resumed
 
 
 def training_only_settings(cfg):

@@ -172,6 +172,33 @@ def test_label_smoothing_is_the_classifiers_in_training_only():
         EncoderConfig(label_smoothing=1.0)
 
 
+def test_rdrop_adds_the_agreement_of_two_dropout_draws():
+    torch.manual_seed(0)
+    tokens, labels = torch.randint(5, 50, (4, 7)), torch.tensor([0, 1, 1, 0])
+    classifier = tiny_encoder(n_classes=2, label_smoothing=0.0, rdrop=1.0).train()
+    logits, loss = classifier(tokens, labels)  # no dropout: both passes alike, the plain loss
+    assert torch.allclose(loss, F.cross_entropy(logits, labels))
+    classifier = tiny_encoder(n_classes=2, label_smoothing=0.0, rdrop=2.0, dropout=0.3).train()
+    with torch.no_grad():
+        classifier.classifier.out_proj.weight.mul_(100)  # logits of a trained size (a fresh head's are ~0)
+    torch.manual_seed(1)
+    logits, loss = classifier(tokens, labels)
+    torch.manual_seed(1)  # the same two dropout draws, by hand
+    first, second = classifier.classify(torch.cat([tokens, tokens])).chunk(2)
+    p, q = first.softmax(-1), second.softmax(-1)
+    kl = ((p * (p / q).log()).sum(-1) + (q * (q / p).log()).sum(-1)).mean() / 2
+    assert torch.equal(logits, first) and kl > 1e-3  # the draws differ
+    expected = (F.cross_entropy(first, labels) + F.cross_entropy(second, labels)) / 2 + 2.0 * kl
+    assert torch.allclose(loss, expected)
+    loss.backward()
+    assert classifier.classifier.out_proj.weight.grad.abs().sum() > 0
+    logits, loss = classifier.eval()(tokens, labels)  # evaluation: one pass, the plain cross-entropy
+    assert torch.allclose(loss, F.cross_entropy(logits, labels))
+    assert classifier.flops_per_token() == 2 * tiny_encoder(n_classes=2, dropout=0.3).flops_per_token()  # for the MFU
+    with pytest.raises(ValueError, match='rdrop'):
+        EncoderConfig(rdrop=-1.0)
+
+
 def test_output_heads_are_trained_by_adamw_under_muon():
     for model in (tiny_encoder(), tiny_encoder(n_classes=2)):
         muon, adamw = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu', optimizer='muon')
