@@ -790,7 +790,7 @@ class Encoder(TransformerModel):
     def rdrop_forward(self, tokens, targets, position_ids):
         """R-Drop (Liang et al., 2021): the batch runs twice under different dropout masks, and the loss is
         the two runs' mean cross-entropy plus rdrop times their symmetric KL divergence, so the sub-networks
-        that dropout samples learn to agree (a regulariser: README for its gain here). The two runs are one
+        that dropout samples learn to agree (a regulariser; README: what it measured here). The two runs are one
         batch of two copies (one pass of larger matrices). Returns the first copy's logits and the loss."""
         twice = None if position_ids is None else torch.cat([position_ids, position_ids])
         logits, logits2 = self.classify(torch.cat([tokens, tokens]), twice).chunk(2)
