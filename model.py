@@ -793,9 +793,9 @@ class Encoder(TransformerModel):
         that dropout samples learn to agree (a regulariser; README: what it measured here). The two runs are one
         batch of two copies (one pass of larger matrices). Returns the first copy's logits and the loss."""
         twice = None if position_ids is None else torch.cat([position_ids, position_ids])
-        logits, logits2 = self.classify(torch.cat([tokens, tokens]), twice).chunk(2)
-        loss = (F.cross_entropy(logits, targets, label_smoothing=self.smoothing()) +
-                F.cross_entropy(logits2, targets, label_smoothing=self.smoothing())) / 2
+        both = self.classify(torch.cat([tokens, tokens]), twice)
+        loss = F.cross_entropy(both, targets.repeat(2), label_smoothing=self.smoothing())  # the two runs' mean
+        logits, logits2 = both.chunk(2)
         p, q = F.log_softmax(logits, dim=-1), F.log_softmax(logits2, dim=-1)
         kl = (F.kl_div(p, q, log_target=True, reduction='batchmean') +
               F.kl_div(q, p, log_target=True, reduction='batchmean')) / 2
