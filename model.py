@@ -116,7 +116,7 @@ class EncoderConfig(TransformerConfig):
     block_size: int = 128  # longest sequence, [CLS] and [SEP]s included
     n_classes: int = 0  # 0: a masked-language model (pretraining); >0: a classifier of [CLS] (fine-tuning)
     label_smoothing: float = 0.1  # the classifier's only (not the masked-LM's): +0.8 points on SST-2 dev, README
-    rdrop: float = 0.0  # the classifier's R-Drop weight: two dropout draws of a batch must agree (Encoder.forward)
+    rdrop: float = 0.0  # the classifier's R-Drop weight: two dropout draws of a batch must agree (Encoder.rdrop_forward)
     pad_id: int = 0
 
     def __post_init__(self):
