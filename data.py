@@ -325,26 +325,25 @@ class EncoderBatches(Batches):
 MASK_SEED_BITS = 31  # a masked-LM row is (sentence number << 31) | the seed of its mask: see MaskedSentences
 
 
-def mask_tokens(tokens, generator, mask_prob, mask_id, special_ids, random_ids, continues_word=None):
-    """BERT's masking of one sequence (1-D long tensor). Each token that is not special ([CLS], [SEP],
-    [PAD], ...) is chosen with probability mask_prob; a chosen token becomes [MASK] 80% of the time,
-    a random token 10%, and stays itself 10% (so the model must make a guess at every position, not
-    only at [MASK]). Returns (inputs, targets): targets hold the original ids at the chosen
-    positions and -1 elsewhere, so the loss counts only those.
+def mask_tokens(tokens, draws, replacements, mask_prob, mask_id, special_ids, continues_word=None):
+    """BERT's masking of a batch of sequences (tokens: (rows, n) long), given two uniform draws per
+    position (draws: (2, rows, n)) and a random token for each (replacements: like tokens). Each token
+    that is not special ([CLS], [SEP], [PAD], ...) is chosen with probability mask_prob; a chosen token
+    becomes [MASK] 80% of the time, a random token 10%, and stays itself 10% (so the model must make a
+    guess at every position, not only at [MASK]). Returns (inputs, targets): targets hold the original
+    ids at the chosen positions and -1 elsewhere, so the loss counts only those.
 
     Whole-word masking (continues_word, a bool per vocabulary id: True for a piece that continues
     the word before it, 'ing' after '▁interest'): each word is chosen or not as a whole, so that a
     word is never guessed from its own other pieces."""
-    draw = torch.rand(2, len(tokens), generator=generator)
-    replacements = random_ids[torch.randint(len(random_ids), (len(tokens),), generator=generator)]
-    choice = draw[0]
+    choice, how = draws
     if continues_word is not None:  # every piece takes the draw of its word's first piece
-        positions = torch.arange(len(tokens))
-        word_start = torch.where(continues_word[tokens], 0, positions).cummax(0).values
-        choice = choice[word_start]
+        positions = torch.arange(tokens.size(-1)).expand_as(tokens)
+        word_start = torch.where(continues_word[tokens], 0, positions).cummax(-1).values
+        choice = choice.gather(-1, word_start)
     chosen = (choice < mask_prob) & ~torch.isin(tokens, special_ids)
-    inputs = torch.where(chosen & (draw[1] < 0.8), mask_id, tokens)
-    inputs = torch.where(chosen & (draw[1] >= 0.8) & (draw[1] < 0.9), replacements, inputs)
+    inputs = torch.where(chosen & (how < 0.8), mask_id, tokens)
+    inputs = torch.where(chosen & (how >= 0.8) & (how < 0.9), replacements, inputs)
     return inputs, torch.where(chosen, tokens, -1)
 
 
@@ -376,7 +375,8 @@ class MaskedSentences(EncoderBatches):
             raise UserError(f"mask_prob must be between 0 and 1, got {mask_prob}")
         self.mask_prob, self.pack_sentences = mask_prob, pack_sentences
         self.continues_word = continues_word(tokenizer_from_meta(self.meta)) if whole_word_masking else None
-        self.recent = {}  # (split, row) -> masked row, see masked()
+        self.recent = {}  # (split, rows) -> masked batch, see masked()
+        self.generator = torch.Generator()  # reseeded for each row, see random_draws()
         self.mask_id = self.meta['mask_id']
         special = sorted({i for key, i in self.meta.items() if key.endswith('_id')})
         self.special_ids = torch.tensor(special)
@@ -409,31 +409,41 @@ class MaskedSentences(EncoderBatches):
         return rows if self.pack_sentences else self.by_length(split, rows, index.numpy())
 
     def masked(self, split, rows):
-        """Each row's (inputs, targets), masked by its own seed. Kept for the rows drawn lately: a step
-        asks for them four times (the global batch's targets and inputs, a micro-batch's targets, its batch)."""
-        out = []
+        """rows -> (inputs, targets), both (len(rows), longest row), each row masked by its own seed (so
+        a row's mask does not depend on the rows beside it). Kept for the batches drawn lately: a step
+        asks for the global batch twice (its targets and inputs) and for each micro-batch twice."""
+        key = (split, rows.numpy().tobytes())
+        if key not in self.recent:
+            if len(self.recent) >= 16:
+                self.recent.clear()
+            tokens = self.padded([self.sequence(split, row >> MASK_SEED_BITS) for row in rows.tolist()], self.pad_id)
+            draws, replacements = self.random_draws(rows, tokens.size(1))
+            self.recent[key] = mask_tokens(tokens, draws, replacements, self.mask_prob, self.mask_id,
+                                           self.special_ids, self.continues_word)
+        return self.recent[key]
+
+    def random_draws(self, rows, width):
+        """What mask_tokens needs for these rows, from each row's own seed: (2, rows, width) uniforms
+        and (rows, width) random tokens. The only per-row work left in Python: the masking itself runs
+        on the whole batch (4-5x faster than row by row: 17 -> 4 ms for 128 rows of 128 tokens, which
+        was half of a GPU step; README, Speed)."""
+        uniforms, picks = [], []
         for row in rows.tolist():
-            if (split, row) not in self.recent:
-                if len(self.recent) >= 4096:
-                    self.recent.clear()
-                generator = torch.Generator().manual_seed(row & (2 ** MASK_SEED_BITS - 1))
-                self.recent[split, row] = mask_tokens(self.sequence(split, row >> MASK_SEED_BITS), generator,
-                                                      self.mask_prob, self.mask_id, self.special_ids, self.random_ids,
-                                                      self.continues_word)
-            out.append(self.recent[split, row])
-        return out
+            self.generator.manual_seed(row & (2 ** MASK_SEED_BITS - 1))
+            uniforms.append(torch.rand(2, self.block_size, generator=self.generator))
+            picks.append(torch.randint(len(self.random_ids), (self.block_size,), generator=self.generator))
+        return torch.stack(uniforms, 1)[..., :width], self.random_ids[torch.stack(picks)[:, :width]]
 
     def num_targets(self, split, rows):
-        return sum(int((targets != -1).sum()) for _, targets in self.masked(split, rows))
+        return int((self.masked(split, rows)[1] != -1).sum())
 
     def num_inputs(self, split, rows):  # every token of a row is read, ~mask_prob of them predicted
-        return sum(len(inputs) for inputs, _ in self.masked(split, rows))
+        return int((self.masked(split, rows)[0] != self.pad_id).sum())
 
     def batch(self, split, rows):
         """rows -> (inputs, targets), both (len(rows), longest row): inputs with the masks applied,
         targets the original ids at the chosen positions and -1 elsewhere (padding included)."""
-        inputs, targets = zip(*self.masked(split, rows))
-        return self.to_device(self.padded(inputs, self.pad_id), self.padded(targets, -1))
+        return self.to_device(*self.masked(split, rows))
 
 
 class LabelledSentences(EncoderBatches):

@@ -131,13 +131,17 @@ def training_only_settings(cfg):
 
 
 stop_signal = None  # process state, not a setting: set by SIGTERM/SIGINT; the loop then saves and exits
+stop_signal_time = 0.0
 
 
 def request_stop(signum, frame):
-    global stop_signal
-    if stop_signal is not None:  # a second Ctrl-C: stop now
+    global stop_signal, stop_signal_time
+    if stop_signal is None:
+        stop_signal, stop_signal_time = signum, time.monotonic()
+    # a second Ctrl-C: stop now. A repeat within a second is the same request: GNU timeout (and
+    # other supervisors) signal the process, then its whole process group, which holds it too
+    elif time.monotonic() - stop_signal_time > 1.0:
         raise KeyboardInterrupt
-    stop_signal = signum
 
 
 class Settings(SimpleNamespace):

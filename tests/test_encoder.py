@@ -262,8 +262,9 @@ def how_words_are_masked(data):
     tokens = chosen_tokens = whole = part = 0
     for _ in range(20):
         rows = data.sample('train', 32, generator)
-        for row, (_, targets) in zip(rows.tolist(), data.masked('train', rows)):
-            original, chosen = data.sequence('train', row >> MASK_SEED_BITS).tolist(), (targets != -1).tolist()
+        for row, targets in zip(rows.tolist(), data.masked('train', rows)[1]):
+            original = data.sequence('train', row >> MASK_SEED_BITS).tolist()
+            chosen = (targets[:len(original)] != -1).tolist()
             plain = [t not in data.special_ids for t in original]
             tokens, chosen_tokens = tokens + sum(plain), chosen_tokens + sum(chosen)
             starts = [i for i, t in enumerate(original) if starts_word[t] or not plain[i]]
@@ -308,6 +309,12 @@ def test_masks_are_fresh_each_draw_and_reproducible(corpus_dir):
     assert all(torch.equal(a, b) for a, b in zip(*draws))  # the same generator state, the same batch
     rows = data.sample('train', 8, torch.Generator().manual_seed(5))
     assert data.num_targets('train', rows) == data.num_targets('train', rows[:3]) + data.num_targets('train', rows[3:])
+    single = MaskedSentences(corpus_dir, 64, 'cpu', pack_sentences=False)  # rows of different lengths, padded
+    rows = single.sample('train', 8, torch.Generator().manual_seed(5))
+    together, alone = single.batch('train', rows), single.batch('train', rows[:1])
+    width = alone[0].size(1)
+    assert width < together[0].size(1)  # the batch is padded to a longer row
+    assert all(torch.equal(a[0], b[0, :width]) for a, b in zip(alone, together))  # a row's mask is its own
 
 
 # --- classification data -------------------------------------------------------

@@ -126,11 +126,15 @@ def test_keep_last_keeps_the_latest_earlier_checkpoints(tmp_path):
         assert torch.load(tmp_path / name, weights_only=True)['iter_num'] == iter_num
 
 
-def test_sigterm_saves_where_it_stopped_and_resumes_from_there(shakespeare_char_dir, tmp_path, capsys):
+@pytest.mark.parametrize('repeats', [1, 2])
+def test_sigterm_saves_where_it_stopped_and_resumes_from_there(shakespeare_char_dir, tmp_path, capsys, repeats):
+    """repeats=2: GNU timeout's way, the signal sent to the process and then to its process group."""
     out_dir, log_path = tmp_path / 'out', tmp_path / 'log.txt'
     process = start_training(shakespeare_char_dir, out_dir, log_path, eval_interval=100_000)
     wait_for_line(process, log_path, '^iter 3:')
-    process.send_signal(signal.SIGTERM)
+    for _ in range(repeats):
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.01)  # time for the handler to run in between, not for the run to save and exit
     assert process.wait(timeout=60) == 0, log_path.read_text()[-2000:]
     log = log_path.read_text()
     match = re.search(r'^signal received: saving at iteration (\d+) and exiting$', log, re.MULTILINE)
