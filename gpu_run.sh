@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU run of record: every CUDA path once (tests/test_cuda.py, then the whole suite with the GPU
 # present), then the figures the README quotes for one GPU. From the repo root, on a machine with one
-# CUDA GPU, data/shakespeare_char and data/multi30k prepared, the data mirrors in ../shared (for the tests):
+# CUDA GPU, data/shakespeare_char and data/multi30k prepared, the data mirrors in ../shared (for the
+# tests, and the encoder recipe's data, prepared on first use):
 #     bash gpu_run.sh [seconds]      # default 540: each step, in order, gets at most its cap and what is left
 # Output: $OUT/log.txt (everything), the runs' metrics.jsonl, and a summary at the end.
 set -u
@@ -51,5 +52,12 @@ step multi30k_bleu 120 $PY sample.py --out_dir=out-multi30k --start=FILE:data/mu
     --reference=data/multi30k/test.en.txt
 copy_metrics out-multi30k multi30k
 
+step encoder_pretrain 420 $PY train.py config/mlm_reviews.py
+copy_metrics out-mlm-reviews mlm_reviews
+step encoder_finetune 180 $PY train.py config/finetune_sst2.py
+copy_metrics out-sst2 sst2
+step sst2_accuracy 60 $PY sample.py --out_dir=out-sst2 --start=FILE:data/sst2_phrases/val.txt \
+    --reference=data/sst2_phrases/val.labels.txt
+
 echo "== summary"
-grep -E "^== |^step [0-9]+:|passed|failed|FAILED|ERROR|Error|tokens/s|ms/iter|MFU|KV cache|full re-run|speedup|one at a time|one batch|peak memory|^gpt:|NVIDIA" "$LOG" | tail -n 160
+grep -E "^== |^accuracy |^step [0-9]+:|passed|failed|FAILED|ERROR|Error|tokens/s|ms/iter|MFU|KV cache|full re-run|speedup|one at a time|one batch|peak memory|^gpt:|NVIDIA" "$LOG" | tail -n 160
