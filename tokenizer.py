@@ -100,7 +100,6 @@ class SubwordTokenizer:
     KIND = 'subword'  # state()['kind']
     SPECIAL_TOKENS = ('<pad>', '<bos>', '<eos>', '<unk>')  # ids 0, 1, 2, 3 in a trained vocabulary
     SPECIAL_NAMES = ('pad', 'bos', 'eos', 'unk')  # their ids are self.pad_id, self.bos_id, ...
-    LOWERCASE = False  # case is kept (BLEU is case-sensitive)
     LSTRIP_TOKENS = ()  # special tokens that take the space before them
 
     def __init__(self, tokenizer_json):
@@ -115,16 +114,14 @@ class SubwordTokenizer:
     def train(cls, lines, vocab_size, show_progress=False):
         """Learn a BPE vocabulary of at most `vocab_size` tokens from an iterable of sentences.
 
-        NFKC folds look-alike characters (e.g. a no-break space becomes a space), then the
-        text is lowercased if the class says so. The Metaspace pre-tokenizer marks each space
-        as '▁', so the decoder can restore the spacing and decode returns clean text.
+        The text is normalised first (normalizer_steps), and the same steps, saved in the
+        vocabulary's JSON, apply to every text encoded later. The Metaspace pre-tokenizer marks
+        each space as '▁', so the decoder can restore the spacing and decode returns clean text.
         """
         tokenizers = _import_tokenizers()
         unk = cls.SPECIAL_TOKENS[cls.SPECIAL_NAMES.index('unk')]
         tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token=unk))
-        normalizers = tokenizers.normalizers
-        tokenizer.normalizer = (normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-                                if cls.LOWERCASE else normalizers.NFKC())
+        tokenizer.normalizer = tokenizers.normalizers.Sequence(cls.normalizer_steps(tokenizers))
         tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace()
         tokenizer.decoder = tokenizers.decoders.Metaspace()
         special_tokens = [tokenizers.AddedToken(token, special=True, normalized=False, lstrip=token in cls.LSTRIP_TOKENS)
@@ -133,6 +130,12 @@ class SubwordTokenizer:
             vocab_size=vocab_size, special_tokens=special_tokens, show_progress=show_progress)
         tokenizer.train_from_iterator(lines, trainer=trainer)
         return cls(tokenizer.to_str())
+
+    @classmethod
+    def normalizer_steps(cls, tokenizers):
+        """NFKC folds look-alike characters (e.g. a no-break space becomes a space); case is kept
+        (BLEU is case-sensitive)."""
+        return [tokenizers.normalizers.NFKC()]
 
     def special_ids(self):
         """{'pad_id': 0, ...}: the special tokens' ids, as meta.pkl stores them."""
@@ -148,6 +151,10 @@ class SubwordTokenizer:
 
     def decode(self, ids):
         return self._tokenizer.decode(_as_ints(ids), skip_special_tokens=True)
+
+    def normalise(self, text):
+        """`text` as the vocabulary reads it (normalizer_steps): what decode(encode(text)) gives back at best."""
+        return self._tokenizer.normalizer.normalize_str(text)
 
     def id_to_token(self, i):
         """The vocabulary entry of one id ('▁movie', '[MASK]'): for showing single tokens."""
@@ -166,8 +173,20 @@ class MaskedLMTokenizer(SubwordTokenizer):
     KIND = 'masked_lm'
     SPECIAL_TOKENS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')  # ids 0..4 in a trained vocabulary
     SPECIAL_NAMES = ('pad', 'unk', 'cls', 'sep', 'mask')
-    LOWERCASE = True  # the sentiment data is lowercased; fewer distinct words for a small vocabulary
     LSTRIP_TOKENS = ('[MASK]',)  # 'is [MASK] .' masks a whole word, '▁great', space included
+    # English written one way, the Penn Treebank's (SST-2's): "doesn't" -> "does n't", "can't" -> "ca n't",
+    # "it's" -> "it 's"; `` and '' -> "; ". . ." -> "...". Unlabelled text writes "doesn't": without this,
+    # a model pretrained on it has never seen negation as SST-2 writes it ("does", "n", "'t").
+    PTB_SPELLINGS = ((r"(?<=[a-z])n't\b", " n't"), (r"(?<=[a-z])'(?=(?:s|re|ve|ll|d|m)\b)", " '"),
+                     (r"``|''", '"'), (r"\. \. \.", '...'))
+
+    @classmethod
+    def normalizer_steps(cls, tokenizers):
+        """NFKC, lowercase (the sentiment data is lowercased; fewer distinct words for a small
+        vocabulary), then the Penn Treebank's spellings."""
+        normalizers = tokenizers.normalizers
+        return ([normalizers.NFKC(), normalizers.Lowercase()]
+                + [normalizers.Replace(tokenizers.Regex(pattern), text) for pattern, text in cls.PTB_SPELLINGS])
 
 
 SUBWORD_KINDS = {cls.KIND: cls for cls in (SubwordTokenizer, MaskedLMTokenizer)}

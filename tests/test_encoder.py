@@ -12,7 +12,7 @@ from configurator import UserError
 from data import LabelledSentences, MaskedSentences, MASK_SEED_BITS
 from model import GPT, Encoder, EncoderConfig, GPTConfig
 from prepare import mlm_corpus, sst2
-from tokenizer import MaskedLMTokenizer, load_meta, tokenizer_from_meta, tokenizer_from_state
+from tokenizer import MaskedLMTokenizer, SubwordTokenizer, load_meta, tokenizer_from_meta, tokenizer_from_state
 
 SHARED = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
 REVIEWS, SST2 = SHARED / 'movie_reviews' / 'reviews.txt.gz', SHARED / 'sst2'
@@ -68,6 +68,24 @@ def test_tokenizer_is_lowercase_with_the_five_special_tokens():
     assert ids == tokenizer.encode('this movie is')[:3] + [tokenizer.mask_id] + tokenizer.encode(' .')
     rebuilt = tokenizer_from_state(tokenizer.state())
     assert isinstance(rebuilt, MaskedLMTokenizer) and rebuilt.encode(text) == tokenizer.encode(text)
+
+
+def test_tokenizer_reads_english_as_the_penn_treebank_writes_it():
+    """Unlabelled text writes "doesn't", SST-2 "does n't": both must give the same ids."""
+    tokenizer = MaskedLMTokenizer.train(["it doesn't work , it's bad . `` yes '' . . . i can't"] * 20
+                                      + ["the word 'sad' and james' car"] * 20, 160)
+    same = [("It doesn't work, it's bad.", "it does n't work, it 's bad."),
+            ("we're sure they've won't can't", "we 're sure they 've wo n't ca n't"),
+            ("``quoted'' and \"quoted\"", '"quoted" and "quoted"'),
+            ('wait . . . ok', 'wait ... ok')]
+    for written, ptb in same:
+        assert tokenizer.encode(written) == tokenizer.encode(ptb), written
+    rebuilt = tokenizer_from_state(tokenizer.state())  # the rules travel in the vocabulary's JSON
+    assert rebuilt.encode("doesn't") == tokenizer.encode("does n't")
+    # quotation marks and possessives without a letter before the apostrophe are left alone
+    assert tokenizer.decode(tokenizer.encode("the word 'sad' and james' car")) == "the word 'sad' and james' car"
+    gpt_vocab = SubwordTokenizer.train(["It doesn't work."] * 20, 60)  # GPT's and the translator's: text kept as is
+    assert gpt_vocab.decode(gpt_vocab.encode("It doesn't work.")) == "It doesn't work."
 
 
 # --- model -------------------------------------------------------------------
