@@ -925,4 +925,8 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+    # a script keeps request_stop until it exits: main() puts these handlers back when the run ends, and a
+    # repeated SIGTERM (GNU timeout's second one) arriving after the save must not kill the exiting process
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, request_stop)
     run_cli(lambda: main(sys.argv[1:]))

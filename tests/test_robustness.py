@@ -150,6 +150,18 @@ def test_sigterm_saves_where_it_stopped_and_resumes_from_there(shakespeare_char_
         [f'iter {stopped + 1}', f'iter {stopped + 2}']
 
 
+def test_a_signal_after_the_run_ended_does_not_kill_the_exiting_script(shakespeare_char_dir, tmp_path):
+    """GNU timeout signals the process, then its process group: a tiny run can save and leave main()
+    before the second SIGTERM lands. The script must still exit 0, not die of the signal."""
+    args = tiny_args(shakespeare_char_dir, tmp_path / 'out', max_iters=2)
+    code = (f"import os, runpy, signal, sys; sys.argv = ['train.py', *{args!r}]; "
+            "runpy.run_path('train.py', run_name='__main__'); "
+            "os.kill(os.getpid(), signal.SIGTERM); print('exited cleanly')")
+    result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.rstrip().endswith('exited cleanly')
+
+
 def test_a_worker_restarted_by_torchrun_resumes_instead_of_starting_over(shakespeare_char_dir, tmp_path, capsys,
                                                                            monkeypatch):
     """torchrun --max-restarts relaunches the same command (init_from=scratch) with
