@@ -182,10 +182,11 @@ class MaskedLMTokenizer(SubwordTokenizer):
 
     @classmethod
     def normalizer_steps(cls, tokenizers):
-        """NFKC, lowercase (the sentiment data is lowercased; fewer distinct words for a small
-        vocabulary), then the Penn Treebank's spellings."""
+        """NFKD then accents stripped, as BERT's uncased vocabulary does ("naïveté" -> "naivete": the movie
+        reviews are plain ASCII, so an accented letter would be [UNK]), lowercase (the sentiment data is
+        lowercased; fewer distinct words for a small vocabulary), then the Penn Treebank's spellings."""
         normalizers = tokenizers.normalizers
-        return ([normalizers.NFKC(), normalizers.Lowercase()]
+        return ([normalizers.NFKD(), normalizers.StripAccents(), normalizers.Lowercase()]
                 + [normalizers.Replace(tokenizers.Regex(pattern), text) for pattern, text in cls.PTB_SPELLINGS])
 
 

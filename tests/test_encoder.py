@@ -84,8 +84,16 @@ def test_tokenizer_reads_english_as_the_penn_treebank_writes_it():
     assert rebuilt.encode("doesn't") == tokenizer.encode("does n't")
     # quotation marks and possessives without a letter before the apostrophe are left alone
     assert tokenizer.decode(tokenizer.encode("the word 'sad' and james' car")) == "the word 'sad' and james' car"
-    gpt_vocab = SubwordTokenizer.train(["It doesn't work."] * 20, 60)  # GPT's and the translator's: text kept as is
-    assert gpt_vocab.decode(gpt_vocab.encode("It doesn't work.")) == "It doesn't work."
+    gpt_vocab = SubwordTokenizer.train(["It doesn't work, café."] * 20, 60)  # GPT's and the translator's: text kept as is
+    assert gpt_vocab.decode(gpt_vocab.encode("It doesn't work, café.")) == "It doesn't work, café."
+
+
+def test_tokenizer_strips_accents_as_bert_uncased_does():
+    """The movie reviews are plain ASCII; SST-2 writes "naïveté": accents are stripped, not [UNK]."""
+    tokenizer = MaskedLMTokenizer.train(['the naivete of a cafe .'] * 20, 60)
+    assert tokenizer.encode('Naïveté, Café') == tokenizer.encode('naivete, cafe')
+    assert tokenizer.unk_id not in tokenizer.encode('naïveté à café')
+    assert tokenizer.unk_id in tokenizer.encode('æ')  # no accent to strip: a letter the corpus lacks
 
 
 # --- model -------------------------------------------------------------------
