@@ -132,6 +132,7 @@ def training_only_settings(cfg):
 
 stop_signal = None  # process state, not a setting: set by SIGTERM/SIGINT; the loop then saves and exits
 stop_signal_time = 0.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # the signals request_stop handles
 
 
 def request_stop(signum, frame):
@@ -914,7 +915,7 @@ def main(argv=None):
     config, explicit = configure(DEFAULTS, argv, sources=[__file__])
     cfg = Settings(**config)
     stop_signal = None
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
     try:
         Trainer(cfg, explicit).run()
     finally:
@@ -927,6 +928,6 @@ def main(argv=None):
 if __name__ == '__main__':
     # a script keeps request_stop until it exits: main() puts these handlers back when the run ends, and a
     # repeated SIGTERM (GNU timeout's second one) arriving after the save must not kill the exiting process
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, request_stop)
     run_cli(lambda: main(sys.argv[1:]))

@@ -76,8 +76,8 @@ def sentence_offsets(sentences_ids):
 
 
 def count_round_trips(tokenizer, sentences, sentences_ids):
-    """How many sentences decode back to exactly their text as the vocabulary normalises it (NFKC;
-    for the encoder's, lowercase and the Penn Treebank's spellings): the rest lost characters."""
+    """How many sentences decode back to exactly their text as the vocabulary normalises it
+    (tokenizer.normalise: its normalizer_steps): the rest lost characters."""
     return sum(tokenizer.decode(ids) == tokenizer.normalise(sentence) for sentence, ids in zip(sentences, sentences_ids))
 
 
