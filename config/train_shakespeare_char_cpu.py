@@ -1,7 +1,7 @@
 # The lowest validation loss on tiny Shakespeare (characters) in about two minutes of a 2-core CPU,
 # the budget given for nanoGPT's README CPU command (which reaches 1.88; 88-93 s on our machine):
 #   python train.py config/train_shakespeare_char_cpu.py && python sample.py --out_dir=out-shakespeare-char-cpu
-# What buys the loss, each measured at equal wall time (see README, "Speed"):
+# What buys the loss, each measured at equal wall time (see docs/experiments.md):
 # rotary positions + RMSNorm + ReLU^2, Muon at a high learning rate and low momentum, QK-norm (which keeps the
 # high learning rate stable), and bf16 matmuls (with float32 attention) where the CPU has bf16 units.
 

@@ -2,7 +2,7 @@
 # torch.compile's cache is warm (a first run compiles ~30 s more). config/train_shakespeare_char.py's
 # model, data and optimizer; what changes is the length: that recipe's validation loss is lowest near
 # step 1,750 and rises after (the model learns the 1M characters by heart), so this one trains 1,500
-# steps with the cosine decay fitted to them, and evaluates less often: val 1.4700 in 26 s on one H200 (README, Speed).
+# steps with the cosine decay fitted to them, and evaluates less often: val 1.4700 in 26 s on one H200 (docs/experiments.md).
 #   python train.py config/train_shakespeare_char_fast.py && python sample.py --out_dir=out-shakespeare-char-fast
 
 import os
