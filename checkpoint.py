@@ -10,6 +10,8 @@ import io
 import os
 import random
 import shutil
+import tempfile
+import uuid
 import warnings
 
 import numpy as np
@@ -17,7 +19,7 @@ import torch
 
 from configurator import UserError
 from model import GPT, Encoder, EncoderConfig, GPTConfig, Seq2SeqConfig, Seq2SeqTransformer
-from tokenizer import load_meta, tokenizer_from_meta
+from tokenizer import TiktokenTokenizer, hf_tokenizer, load_meta, tokenizer_from_meta
 
 MODEL_CLASSES = {'gpt': (GPT, GPTConfig), 'seq2seq': (Seq2SeqTransformer, Seq2SeqConfig), 'encoder': (Encoder, EncoderConfig)}
 REQUIRED_KEYS = ('model', 'model_args', 'iter_num')
@@ -70,12 +72,13 @@ def load_checkpoint(out_dir, weights=True):
     weights=False, for a sharded one: all but the model and optimizer, which FSDP loads sharded."""
     dcp = os.path.join(out_dir, DCP_LINK)
     path = os.path.join(out_dir, 'ckpt.pt')
-    if os.path.exists(dcp) and (not os.path.exists(path) or os.lstat(dcp).st_mtime >= os.path.getmtime(path)):
+    if os.path.lexists(dcp) and (not os.path.exists(path) or os.lstat(dcp).st_mtime >= os.path.getmtime(path)):
         try:
             checkpoint = read_checkpoint(os.path.realpath(dcp), weights)
-        except Exception as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"{dcp} is not a readable sharded checkpoint ({reason[:150]})") from None
+        except BaseException as e:  # DCP's CheckpointException is a BaseException, not an Exception
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise unreadable(dcp, e) from None
         if any(key not in checkpoint for key in REQUIRED_KEYS if weights or key != 'model'):
             raise UserError(f"{dcp} is not a checkpoint of this project (it lacks {', '.join(REQUIRED_KEYS)})")
         return checkpoint
@@ -84,12 +87,95 @@ def load_checkpoint(out_dir, weights=True):
     try:  # mmap: tensors are read from the file as they are used, so N ranks resuming do not hold N copies in RAM
         checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path} is not a readable checkpoint ({reason[:150]}): it is truncated, corrupt or not a "
-                        f"torch file; restore it or delete it and train again") from None
+        raise unreadable(path, e) from None
     if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in REQUIRED_KEYS):
         raise UserError(f"{path} is not a checkpoint of this project (it lacks {', '.join(REQUIRED_KEYS)})")
     return checkpoint
+
+
+def unreadable(path, error):
+    """The one-line error for a checkpoint file (or DCP directory) that cannot be read."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return UserError(f"{path} is not a readable checkpoint ({reason[:150]}): it is truncated, corrupt or not a "
+                     f"checkpoint; restore it or delete it and train again")
+
+
+def has_checkpoint(out_dir):
+    """Whether out_dir holds a checkpoint, readable or not (a ckpt.dcp link counts even if it leads nowhere)."""
+    return os.path.exists(os.path.join(out_dir, 'ckpt.pt')) or os.path.lexists(os.path.join(out_dir, DCP_LINK))
+
+
+def describe_checkpoint(out_dir):
+    """'a gpt model at iteration 5000' (or what is known of it) for messages about out_dir's checkpoint."""
+    try:
+        checkpoint = load_checkpoint(out_dir, weights=False)
+    except UserError:
+        return "a checkpoint that cannot be read"
+    kind = checkpoint.get('model_type', 'gpt')
+    if kind == 'encoder':
+        kind = 'encoder classifier' if checkpoint['model_args'].get('n_classes') else 'encoder masked-LM'
+    return f"a {kind} model at iteration {checkpoint['iter_num']}"
+
+
+def writable_folder(path, flag):
+    """Make sure folder `path` exists and can take new files, or raise a one-line UserError naming `flag`
+    (--out_dir, --to): found before the work starts, not at its first save."""
+    if os.path.islink(path) and not os.path.exists(path):
+        raise UserError(f"{flag}={path} is a symbolic link that leads nowhere (a loop or a missing target): "
+                        f"choose another {flag}")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{flag}={path} is a file, not a folder: choose another {flag}")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise UserError(f"{flag}={path} cannot hold files ({e.strerror or e}): choose another {flag}") from None
+    if os.path.isdir(os.path.join(path, 'ckpt.pt')):
+        raise UserError(f"{os.path.join(path, 'ckpt.pt')} is a folder, where the checkpoint file goes: "
+                        f"move it away or choose another {flag}")
+
+
+def remove_checkpoints(out_dir):
+    """Delete out_dir's checkpoints (ckpt.pt and the earlier ones kept, or the sharded ones): overwrite=True."""
+    for path in [os.path.join(out_dir, 'ckpt.pt'), *glob.glob(os.path.join(out_dir, 'ckpt-*.pt'))]:
+        if os.path.isfile(path):
+            os.remove(path)
+    if os.path.lexists(os.path.join(out_dir, DCP_LINK)):
+        os.remove(os.path.join(out_dir, DCP_LINK))
+    for folder in glob.glob(os.path.join(out_dir, '.ckpt-dcp-*')):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+GPT2_NAMES = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')  # on the Hugging Face hub
+
+
+def is_pretrained(init_from):
+    """Whether init_from names GPT-2 weights: a hub name, or a folder in Hugging Face's format."""
+    return init_from in GPT2_NAMES or os.path.isfile(os.path.join(init_from, 'config.json'))
+
+
+def pretrained_tokenizer(init_from):
+    """The tokenizer of GPT-2 weights: GPT-2's BPE, or what a folder of them holds (tokenizer.hf_tokenizer)."""
+    return TiktokenTokenizer('gpt2') if init_from in GPT2_NAMES else hf_tokenizer(init_from)
+
+
+def pretrained_gpt(name_or_folder, overrides):
+    """GPT.from_pretrained, with what goes wrong said in one line: no network, a folder that is not GPT-2's."""
+    import logging
+    logging.getLogger('huggingface_hub').setLevel(logging.ERROR)  # not a line per retry of a failing download
+    try:
+        return GPT.from_pretrained(name_or_folder, overrides)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    except OSError as e:  # transformers' words for a failed download or an unreadable folder
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if os.path.isdir(name_or_folder):
+            raise UserError(f"{name_or_folder} is not a folder of GPT-2 weights that transformers can read "
+                            f"({reason[:150]})") from None
+        raise UserError(f"could not download the weights of {name_or_folder} ({reason[:150]}); without network, "
+                        f"use a downloaded copy: --init_from=<its folder> (transformers' save_pretrained folder, "
+                        f"or export.py's)") from None
 
 
 def model_from_checkpoint(checkpoint, model_type=None):
@@ -164,37 +250,69 @@ def save_sharded(out_dir, model, optimizers, extra, keep_last=0):
     """Write the checkpoint as a DCP directory, each rank its own shard, in parallel. It goes into
     .ckpt-dcp-<iter>; only once every rank has finished is the link out_dir/ckpt.dcp switched to it
     (a rename: atomic), so a kill at any moment leaves the last complete checkpoint loadable. Older
-    directories are removed, but for keep_last of them. Every rank calls it."""
+    directories are removed, but for keep_last of them. Every rank calls it; rank 0 alone decides
+    what happens to files, and tells the others."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
-    rank0 = dist.get_rank() == 0
-    name = f".ckpt-dcp-{extra['iter_num']}"
-    path = os.path.join(out_dir, name)
-    link = os.path.join(out_dir, DCP_LINK)
-    current = os.path.realpath(link) if os.path.islink(link) else None
-    if rank0 and os.path.exists(path) and path != current:
-        shutil.rmtree(path)  # left by a writer that was killed
-    dist.barrier()
+    name = rank0_decides(lambda: fresh_dcp_name(out_dir, extra['iter_num']))
     model_state, optim_state = get_state_dict(model, optimizers)
-    if path == current:  # the same iteration saved again (a stop right after an eval): write beside it
-        path, name = path + '-again', name + '-again'
-        if rank0 and os.path.exists(path):
-            shutil.rmtree(path)
-        dist.barrier()
-    dcp.save({'model': model_state, 'optimizer': optim_state, 'extra': pickled(extra)}, checkpoint_id=path)
+    dcp.save({'model': model_state, 'optimizer': optim_state, 'extra': pickled(extra)},
+             checkpoint_id=os.path.join(out_dir, name))
     dist.barrier()  # every shard and the metadata written
-    if rank0:
-        tmp = link + f'.tmp{os.getpid()}'
-        os.symlink(name, tmp)
-        os.replace(tmp, link)
-        fsync_dir(out_dir)
-        live = os.path.realpath(link)
+    if dist.get_rank() == 0:
+        switch_link(out_dir, name)
+        live = os.path.realpath(os.path.join(out_dir, DCP_LINK))
         older = sorted((d for d in glob.glob(os.path.join(out_dir, '.ckpt-dcp-*')) if os.path.realpath(d) != live),
                        key=os.path.getmtime)
         for stale in older[:len(older) - keep_last]:
             shutil.rmtree(stale, ignore_errors=True)
     dist.barrier()
+
+
+def fresh_dcp_name(out_dir, iter_num):
+    """The directory to write iteration iter_num's checkpoint into, emptied: .ckpt-dcp-<iter>, or, when
+    that is the live checkpoint (the same iteration saved again, as a resumed run does at its first
+    evaluation), a second name beside it. Real paths are compared: out_dir is often relative."""
+    link = os.path.join(out_dir, DCP_LINK)
+    live = os.path.realpath(link) if os.path.islink(link) else None
+    name = f'.ckpt-dcp-{iter_num}'
+    if os.path.realpath(os.path.join(out_dir, name)) == live:
+        name += '-again'
+    if os.path.exists(os.path.join(out_dir, name)):
+        shutil.rmtree(os.path.join(out_dir, name))  # left by a writer that was killed; never the live one
+    return name
+
+
+def switch_link(out_dir, name):
+    """Point out_dir/ckpt.dcp at `name`: a new link under a name no other writer uses, renamed over the old."""
+    link = os.path.join(out_dir, DCP_LINK)
+    for stale in glob.glob(link + '.tmp*'):  # left by a writer that was killed
+        os.remove(stale)
+    tmp = f'{link}.tmp{uuid.uuid4().hex}'  # not the process id: a restarted worker may get the same one
+    os.symlink(name, tmp)
+    os.replace(tmp, link)
+    fsync_dir(out_dir)
+
+
+def rank0_decides(decide):
+    """decide() run on rank 0 alone and its result given to every rank, so that no two ranks take different
+    branches (a shared filesystem may show them different things). Without a process group: decide().
+    A UserError on rank 0 is raised on every rank."""
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        return decide()
+    answer = [None]
+    if dist.get_rank() == 0:
+        try:
+            answer = [(True, decide())]
+        except UserError as e:
+            answer = [(False, str(e))]
+    dist.broadcast_object_list(answer, src=0)
+    ok, value = answer[0]
+    if not ok:
+        raise UserError(value)
+    return value
 
 
 def load_sharded(path, model, optimizers):
@@ -204,7 +322,12 @@ def load_sharded(path, model, optimizers):
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
     model_state, optim_state = get_state_dict(model, optimizers)  # templates: the shapes and shards wanted
     state = {'model': model_state, 'optimizer': optim_state}
-    dcp.load(state, checkpoint_id=path)
+    try:
+        dcp.load(state, checkpoint_id=path)
+    except BaseException as e:  # DCP's CheckpointException is a BaseException, not an Exception
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise unreadable(path, e) from None
     set_state_dict(model, optimizers, model_state_dict=state['model'], optim_state_dict=state['optimizer'])
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from configurator import UserError
-from tokenizer import load_meta, tokenizer_from_meta
+from model import predicted_positions
+from tokenizer import load_meta
 
 
 def prepare_command(path):
@@ -47,9 +48,10 @@ class Batches:
         return self.num_targets(split, rows)
 
     def to_device(self, *tensors):
+        """The tensors on the device (a None stays None: an argument the model is not given)."""
         if self.device.type == 'cuda':  # pinned memory lets the copy overlap with compute
-            return tuple(t.pin_memory().to(self.device, non_blocking=True) for t in tensors)
-        return tuple(t.to(self.device) for t in tensors)
+            return tuple(t if t is None else t.pin_memory().to(self.device, non_blocking=True) for t in tensors)
+        return tuple(t if t is None else t.to(self.device) for t in tensors)
 
 
 class EpochSampler:
@@ -325,35 +327,18 @@ class EncoderBatches(Batches):
 MASK_SEED_BITS = 31  # a masked-LM row is (sentence number << 31) | the seed of its mask: see MaskedSentences
 
 
-def mask_tokens(tokens, draws, replacements, mask_prob, mask_id, special_ids, continues_word=None):
+def mask_tokens(tokens, draws, replacements, mask_prob, mask_id, special_ids):
     """BERT's masking of a batch of sequences (tokens: (rows, n) long), given two uniform draws per
     position (draws: (2, rows, n)) and a random token for each (replacements: like tokens). Each token
     that is not special ([CLS], [SEP], [PAD], ...) is chosen with probability mask_prob; a chosen token
     becomes [MASK] 80% of the time, a random token 10%, and stays itself 10% (so the model must make a
     guess at every position, not only at [MASK]). Returns (inputs, targets): targets hold the original
-    ids at the chosen positions and -1 elsewhere, so the loss counts only those.
-
-    Whole-word masking (continues_word, a bool per vocabulary id: True for a piece that continues
-    the word before it, 'ing' after '▁interest'): each word is chosen or not as a whole, so that a
-    word is never guessed from its own other pieces."""
+    ids at the chosen positions and -1 elsewhere, so the loss counts only those."""
     choice, how = draws
-    if continues_word is not None:  # every piece takes the draw of its word's first piece
-        positions = torch.arange(tokens.size(-1)).expand_as(tokens)
-        word_start = torch.where(continues_word[tokens], 0, positions).cummax(-1).values
-        choice = choice.gather(-1, word_start)
     chosen = (choice < mask_prob) & ~torch.isin(tokens, special_ids)
     inputs = torch.where(chosen & (how < 0.8), mask_id, tokens)
     inputs = torch.where(chosen & (how >= 0.8) & (how < 0.9), replacements, inputs)
     return inputs, torch.where(chosen, tokens, -1)
-
-
-def continues_word(tokenizer):
-    """A bool per vocabulary id: True for a piece that continues a word (the encoder's vocabulary marks
-    the first piece of each word with '▁', its Metaspace); special tokens stand alone."""
-    flags = [not tokenizer.id_to_token(i).startswith('▁') for i in range(tokenizer.vocab_size)]
-    for i in tokenizer.special_ids().values():
-        flags[i] = False
-    return torch.tensor(flags)
 
 
 class MaskedSentences(EncoderBatches):
@@ -369,12 +354,11 @@ class MaskedSentences(EncoderBatches):
     mask (mask_tokens), so a sentence gets a fresh mask every time it is drawn, while a resumed run,
     every rank and num_targets all see the same masks."""
 
-    def __init__(self, data_dir, block_size, device, mask_prob=0.15, pack_sentences=True, whole_word_masking=False):
+    def __init__(self, data_dir, block_size, device, mask_prob=0.15, pack_sentences=True):
         super().__init__(data_dir, block_size, device, ('mask_id', 'cls_id', 'sep_id', 'pad_id'), 'mlm_corpus.py')
         if not 0.0 < mask_prob < 1.0:
             raise UserError(f"mask_prob must be between 0 and 1, got {mask_prob}")
         self.mask_prob, self.pack_sentences = mask_prob, pack_sentences
-        self.continues_word = continues_word(tokenizer_from_meta(self.meta)) if whole_word_masking else None
         self.recent = {}  # (split, rows) -> masked batch, see masked()
         self.generator = torch.Generator()  # reseeded for each row, see random_draws()
         self.mask_id = self.meta['mask_id']
@@ -419,7 +403,7 @@ class MaskedSentences(EncoderBatches):
             tokens = self.padded([self.sequence(split, row >> MASK_SEED_BITS) for row in rows.tolist()], self.pad_id)
             draws, replacements = self.random_draws(rows, tokens.size(1))
             self.recent[key] = mask_tokens(tokens, draws, replacements, self.mask_prob, self.mask_id,
-                                           self.special_ids, self.continues_word)
+                                           self.special_ids)
         return self.recent[key]
 
     def random_draws(self, rows, width):
@@ -441,9 +425,12 @@ class MaskedSentences(EncoderBatches):
         return int((self.masked(split, rows)[0] != self.pad_id).sum())
 
     def batch(self, split, rows):
-        """rows -> (inputs, targets), both (len(rows), longest row): inputs with the masks applied,
-        targets the original ids at the chosen positions and -1 elsewhere (padding included)."""
-        return self.to_device(*self.masked(split, rows))
+        """rows -> (inputs, targets, None, predict_at), as Encoder.forward takes them: inputs and targets
+        (len(rows), longest row), inputs with the masks applied, targets the original ids at the chosen
+        positions and -1 elsewhere (padding included); no position_ids (a row is read whole); predict_at
+        the chosen positions' flat indices, found here on the host (model.predicted_positions)."""
+        inputs, targets = self.masked(split, rows)
+        return self.to_device(inputs, targets, None, predicted_positions(targets != -1))
 
 
 class LabelledSentences(EncoderBatches):
@@ -483,7 +470,8 @@ class LabelledSentences(EncoderBatches):
 
     def batch(self, split, rows):
         """rows: sentence numbers -> (tokens (len(rows), longest), labels (len(rows),)), or packed:
-        (tokens (packed rows, longest), labels in the sentences' packed order, position_ids like tokens)."""
+        (tokens (packed rows, longest), labels in the sentences' packed order, position_ids like tokens,
+        predict_at: the flat indices of the [CLS]s, found here on the host as model.predicted_positions does)."""
         sentences = [self.framed(split, i) for i in rows.tolist()]
         if not self.pack_sentences:
             return self.to_device(self.padded(sentences, self.pad_id), self.labels[split][rows])
@@ -492,7 +480,8 @@ class LabelledSentences(EncoderBatches):
         tokens = self.padded([torch.cat([sentences[k] for k in pack]) for pack in packs], self.pad_id)
         positions = torch.stack([self.positions_in_row([len(sentences[k]) for k in pack], tokens.size(1))
                                  for pack in packs])
-        return self.to_device(tokens, self.labels[split][rows[torch.from_numpy(order)]], positions)
+        return self.to_device(tokens, self.labels[split][rows[torch.from_numpy(order)]], positions,
+                              predicted_positions(positions == 0))
 
     @staticmethod
     def positions_in_row(lengths, width):

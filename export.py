@@ -24,7 +24,7 @@ import sys
 
 import torch
 
-from checkpoint import load_checkpoint, model_from_checkpoint, tokenizer_state
+from checkpoint import load_checkpoint, model_from_checkpoint, tokenizer_state, writable_folder
 from configurator import UserError, configure, run_cli, settings_of
 from model import HF_ACTIVATIONS, HF_TRANSPOSED
 from tokenizer import TiktokenTokenizer
@@ -274,7 +274,7 @@ def save_tokenizer(state, folder, block_size):
 def export(checkpoint, folder):
     trained_tokenizer = tokenizer_state(checkpoint)
     check_exportable(checkpoint, trained_tokenizer)
-    os.makedirs(folder, exist_ok=True)
+    writable_folder(folder, '--to')
     tokenizer = save_tokenizer(trained_tokenizer, folder, checkpoint['model_args']['block_size'])
     if checkpoint.get('model_type') == 'encoder':
         save_encoder(checkpoint, folder)
@@ -285,8 +285,6 @@ def export(checkpoint, folder):
 def main(argv=None):
     config, _ = configure(DEFAULTS, argv, sources=[__file__])
     folder = config['to'] or os.path.join(config['out_dir'], 'hf')
-    if os.path.isfile(folder):
-        raise UserError(f"--to={folder} is a file: give a folder to write the export into")
     checkpoint = load_checkpoint(config['out_dir'])
     import_transformers().utils.logging.disable_progress_bar()  # bars for a few small files are noise
     export(checkpoint, folder)

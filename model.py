@@ -116,15 +116,12 @@ class EncoderConfig(TransformerConfig):
     block_size: int = 128  # longest sequence, [CLS] and [SEP]s included
     n_classes: int = 0  # 0: a masked-language model (pretraining); >0: a classifier of [CLS] (fine-tuning)
     label_smoothing: float = 0.1  # the classifier's only (not the masked-LM's): +0.8 points on SST-2 dev, README
-    rdrop: float = 0.0  # the classifier's R-Drop weight: two dropout draws of a batch must agree (Encoder.rdrop_forward)
     pad_id: int = 0
 
     def __post_init__(self):
         super().__post_init__()
         if self.block_size <= 0:
             raise ValueError(f"block_size must be positive, got {self.block_size}")
-        if self.rdrop < 0:
-            raise ValueError(f"rdrop must be at least 0, got {self.rdrop}")
         if self.n_classes < 0 or self.n_classes == 1:
             raise ValueError(f"n_classes must be 0 (masked-language model) or at least 2, got {self.n_classes}")
         if not 0 <= self.pad_id < self.vocab_size:
@@ -201,9 +198,9 @@ class PositionalEncoding(nn.Module):
                 raise ValueError(f"position {end - 1} is past the {self.max_len()} learned positions of this model")
             return x + self.weight[at], None
         if end > self.max_len():
-            device = next(iter(self.buffers())).device
+            old = next(iter(self.buffers()))  # the new tables take its device and dtype (bf16 weights for sampling)
             self.make_tables(max(end, 2 * self.max_len()))
-            self.to(device)
+            self.to(old.device, old.dtype)
         if self.kind == 'sinusoidal':
             return x + self.table[at], None
         return x, (self.cos[at].to(x.dtype), self.sin[at].to(x.dtype))
@@ -707,6 +704,13 @@ class ClassifierHead(nn.Module):
         return self.out_proj(self.dropout(torch.tanh(self.dense(x))))
 
 
+def predicted_positions(chosen):
+    """The flat indices (row * T + column) of the True positions of a (B, T) mask, in row-major order.
+    Indexing by the mask itself gives the same rows, but on a GPU it waits for the device to count them
+    (a host sync per step): the training data finds them on the host instead, as it builds the batch."""
+    return chosen.flatten().nonzero().squeeze(1)
+
+
 class Encoder(TransformerModel):
     """Reads the whole sequence at once: every position attends to every other non-padding position,
     before and after it (a GPT position sees only the past). Pretrained as a masked-language model:
@@ -740,13 +744,11 @@ class Encoder(TransformerModel):
     def flops_per_token(self, mask_prob=0.15):
         """6 per parameter, as for the GPT, except the vocabulary matrix: at the input a lookup, and a matmul
         only in the masked-LM head, which runs on the chosen positions alone (mask_prob of the tokens). A
-        classifier's head runs once a sentence; counted per token, it adds under 1% here. R-Drop runs a
-        classifier's training batch twice."""
+        classifier's head runs once a sentence; counted per token, it adds under 1% here."""
         head = 0 if self.config.n_classes else self.mlm_head.decoder.weight.numel()
         untied = head if head and self.mlm_head.decoder.weight is not self.wte.weight else 0
         body = self.get_num_params() - self.wte.weight.numel() - untied
-        passes = 2 if self.config.n_classes and self.config.rdrop else 1
-        return passes * (6 * (body + mask_prob * head) + self.attention_flops_per_token(self.config.block_size))
+        return 6 * (body + mask_prob * head) + self.attention_flops_per_token(self.config.block_size)
 
     def encode(self, tokens, position_ids=None):
         """tokens: (B, T) right-padded ids, [CLS] first -> (B, T, C): each position's vector, computed
@@ -761,45 +763,37 @@ class Encoder(TransformerModel):
         return self.run_stack(tokens, self.wte, self.wpe, self.h, self.ln_f, input_norm=self.emb_norm, mask=mask,
                               position_ids=position_ids)
 
-    def forward(self, tokens, targets=None, position_ids=None):
+    def forward(self, tokens, targets=None, position_ids=None, predict_at=None):
         """A masked-language model: targets (B, T) hold the original ids at the positions chosen for
         the loss and -1 elsewhere -> (logits (N, vocab) of the N chosen positions, in row-major order,
         their mean cross-entropy). Without targets: (logits (B, T, vocab) of every position, None).
         A classifier: targets (N,) class numbers of the N sentences -> (logits (N, n_classes), cross-entropy,
         label-smoothed in training); without: (logits, None). A sentence is a row, or with position_ids
-        (packed rows, see encode) a [CLS] at position 0, in row-major order."""
+        (packed rows, see encode) a [CLS] at position 0, in row-major order.
+        predict_at: where those N positions are, as flat indices (row * T + column), when the data has
+        found them on the host (see predicted_positions)."""
         if self.config.n_classes:
-            if self.training and self.config.rdrop and targets is not None:
-                return self.rdrop_forward(tokens, targets, position_ids)
-            logits = self.classify(tokens, position_ids)
+            logits = self.classify(tokens, position_ids, predict_at)
             return logits, None if targets is None else F.cross_entropy(logits, targets, label_smoothing=self.smoothing())
         x = self.encode(tokens, position_ids)
         if targets is None:
             return self.mlm_head(x), None
-        chosen = targets != -1
-        logits = self.mlm_head(x[chosen])  # only where there is a token to guess: ~15% of the head's work
+        if predict_at is None:
+            predict_at = predicted_positions(targets != -1)
+        # the head only where there is a token to guess: ~15% of its work
+        logits = self.mlm_head(x.flatten(0, 1)[predict_at])
         # the mean over the chosen tokens; a batch with none has loss 0, not 0/0
-        loss = F.cross_entropy(logits, targets[chosen], reduction='sum') / chosen.sum().clamp(min=1)
+        loss = F.cross_entropy(logits, targets.flatten()[predict_at], reduction='sum') / max(len(predict_at), 1)
         return logits, loss
 
-    def classify(self, tokens, position_ids=None):
+    def classify(self, tokens, position_ids=None, predict_at=None):
         """The logits (N, n_classes) of the N sentences, from each one's [CLS] vector."""
         x = self.encode(tokens, position_ids)
-        return self.classifier(x[:, 0] if position_ids is None else x[position_ids == 0])
-
-    def rdrop_forward(self, tokens, targets, position_ids):
-        """R-Drop (Liang et al., 2021): the batch runs twice under different dropout masks, and the loss is
-        the two runs' mean cross-entropy plus rdrop times their symmetric KL divergence, so the sub-networks
-        that dropout samples learn to agree (a regulariser; README: what it measured here). The two runs are one
-        batch of two copies (one pass of larger matrices). Returns the first copy's logits and the loss."""
-        twice = None if position_ids is None else torch.cat([position_ids, position_ids])
-        both = self.classify(torch.cat([tokens, tokens]), twice)
-        loss = F.cross_entropy(both, targets.repeat(2), label_smoothing=self.smoothing())  # the two runs' mean
-        logits, logits2 = both.chunk(2)
-        p, q = F.log_softmax(logits, dim=-1), F.log_softmax(logits2, dim=-1)
-        kl = (F.kl_div(p, q, log_target=True, reduction='batchmean') +
-              F.kl_div(q, p, log_target=True, reduction='batchmean')) / 2
-        return logits, loss + self.config.rdrop * kl
+        if predict_at is None:  # each row's first position, or packed: every position 0
+            B, T = tokens.shape
+            predict_at = torch.arange(B, device=x.device) * T if position_ids is None \
+                else predicted_positions(position_ids == 0)
+        return self.classifier(x.flatten(0, 1)[predict_at])
 
     def count_correct(self, logits, targets):
         """How many of forward's predictions (the argmax of its logits) are right: for the accuracy."""

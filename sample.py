@@ -11,28 +11,29 @@ encoder to fill [MASK]s or label sentences:
     python sample.py --out_dir=out-sst2-cpu --start=FILE:data/sst2_phrases/val.txt --reference=data/sst2_phrases/val.labels.txt
 """
 
-import codecs
 import os
 import sys
 import time
+import warnings
 from types import SimpleNamespace
 
 import torch
 
 import generate
-from checkpoint import load_checkpoint, model_from_checkpoint, tokenizer_state
+from checkpoint import (GPT2_NAMES, is_pretrained, load_checkpoint, model_from_checkpoint, pretrained_gpt,
+                        pretrained_tokenizer, tokenizer_state)
 from configurator import UserError, configure, run_cli, settings_of
 from device import inference_dtype, pack_for_inference, resolve_device, speed_up
-from model import GPT, Encoder
-from tokenizer import TiktokenTokenizer, tokenizer_from_state
+from model import GPT, Encoder, Seq2SeqTransformer
+from tokenizer import tokenizer_from_state
 
 # -----------------------------------------------------------------------------
-init_from = 'resume'  # 'resume' (from out_dir) or a GPT-2 variant: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'
+init_from = 'resume'  # 'resume' (from out_dir), a GPT-2 variant ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl') or a folder of GPT-2 weights in Hugging Face's format
 out_dir = 'out'
 start = "\n"  # the prompt (a source sentence for seq2seq), or FILE:path to read it from a file
 num_samples = 10
 max_new_tokens = 500  # at most; a sample ends sooner at a stop
-stop = None  # None: at the end-of-text token (GPT-2 BPE: <|endoftext|>); a string ("\n\n") or list of strings: there too; '' or 'none': never
+stop = None  # None: at the end-of-text token (GPT-2 BPE: <|endoftext|>); a string ("\n\n": escapes as in Python strings) or list of strings: there too; '' or 'none': never
 temperature = 0.8  # 1.0 = the model's distribution, lower = more conservative, 0 = greedy
 top_k = 200  # keep only the top_k likeliest tokens; 0 = all
 top_p = 1.0  # nucleus sampling: keep the likeliest tokens holding this much probability; 1.0 = all
@@ -58,17 +59,34 @@ def read_prompt(text):
     path = text[len('FILE:'):]
     if not os.path.isfile(path):
         raise UserError(f"prompt file {path} not found (start=FILE:path reads the prompt from a file)")
-    with open(path, encoding='utf-8') as f:
-        return f.read()
+    return read_text(path, 'prompt file')
+
+
+def read_text(path, what):
+    """A text file's contents, or a one-line error when it is not UTF-8."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} {path} is not UTF-8 text (byte {e.start}: {e.reason}): save it as UTF-8") from None
+
+
+def input_lines(cfg, text, what):
+    """The sentences to work on: each line of the file (start=FILE:path), or the one text given."""
+    if not cfg.start.startswith('FILE:'):
+        return [text.strip()]
+    if not text:
+        raise UserError(f"{cfg.start[len('FILE:'):]} is empty: there is no sentence to {what}")
+    return text.splitlines()
 
 
 def load_model(cfg):
     """(model, tokenizer, checkpoint or None)."""
-    if cfg.init_from.startswith('gpt2'):
-        return GPT.from_pretrained(cfg.init_from, dict(dropout=0.0)), TiktokenTokenizer('gpt2'), None
+    if is_pretrained(cfg.init_from):
+        return pretrained_gpt(cfg.init_from, dict(dropout=0.0)), pretrained_tokenizer(cfg.init_from), None
     if cfg.init_from != 'resume':
-        raise UserError(f"init_from must be 'resume' or a GPT-2 variant (gpt2, gpt2-medium, gpt2-large, gpt2-xl), "
-                        f"got {cfg.init_from!r}")
+        raise UserError(f"init_from must be 'resume', a GPT-2 variant ({', '.join(GPT2_NAMES)}) or a folder of "
+                        f"GPT-2 weights with a config.json, got {cfg.init_from!r}")
     checkpoint = load_checkpoint(cfg.out_dir)
     return model_from_checkpoint(checkpoint), tokenizer_from_state(tokenizer_state(checkpoint)), checkpoint
 
@@ -86,8 +104,20 @@ def stop_rules(stop, tokenizer):
     strings = [] if stop is None else [stop] if isinstance(stop, str) else stop
     if not isinstance(strings, (list, tuple)) or not all(isinstance(s, str) and s for s in strings):
         raise UserError(f"stop must be a string or a list of non-empty strings, got {stop!r}")
-    unescaped = [codecs.escape_decode(s.encode('utf-8'))[0].decode('utf-8') for s in strings]
-    return getattr(tokenizer, 'eot_token', None), unescaped
+    return getattr(tokenizer, 'eot_token', None), [unescaped(s) for s in strings]
+
+
+def unescaped(text):
+    """text with its backslash escapes read as a Python string literal reads them ("\\n", "\\t", "\\u00e9",
+    "\\x41"), every other character kept; a bad escape ("C:\\x", a lone backslash) is a one-line error."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('error', DeprecationWarning)  # an unknown escape such as "\\q"
+            # characters beyond Latin-1 become escapes first, so that the codec gives them back unchanged
+            return text.encode('latin-1', 'backslashreplace').decode('unicode_escape')
+    except (UnicodeDecodeError, DeprecationWarning) as e:
+        reason = e.reason if isinstance(e, UnicodeDecodeError) else str(e).split(': ')[-1].rstrip(')')
+        raise UserError(f"stop string '{text}': {reason}; write a backslash itself as \\\\") from None
 
 
 class Sample:
@@ -166,7 +196,7 @@ def generate_text(cfg, model, tokenizer, prompt, run_device):
 
 
 def translate_text(cfg, model, tokenizer, source, run_device, summary):
-    sentences = source.splitlines() if cfg.start.startswith('FILE:') else [source.strip()]
+    sentences = input_lines(cfg, source, 'translate')
     references = read_reference(cfg, len(sentences), "sentences are to be translated") if cfg.reference else None
     t0 = time.time()
     try:
@@ -194,8 +224,7 @@ def read_reference(cfg, count, what):
     """The lines of the reference file, one per input line."""
     if not os.path.isfile(cfg.reference):
         raise UserError(f"reference file {cfg.reference} not found")
-    with open(cfg.reference, encoding='utf-8') as f:
-        references = f.read().splitlines()
+    references = read_text(cfg.reference, 'reference file').splitlines()
     if len(references) != count:
         raise UserError(f"{cfg.reference} has {len(references)} lines but {count} {what}")
     return references
@@ -208,9 +237,9 @@ def trained_summary(model, checkpoint):
 
 
 def compile_generation_step(model):
-    """torch.compile what generation calls at every step: a GPT's forward, an encoder-decoder's
-    decode (translation never calls forward). The cache grows, so shapes are dynamic."""
-    name = 'forward' if isinstance(model, GPT) else 'decode'
+    """torch.compile what generation calls at every step: an encoder-decoder's decode (translation never
+    calls forward), any other model's forward. The cache grows, so shapes are dynamic."""
+    name = 'decode' if isinstance(model, Seq2SeqTransformer) else 'forward'
     setattr(model, name, torch.compile(getattr(model, name), dynamic=True))
 
 
@@ -219,7 +248,7 @@ def compile_generation_step(model):
 
 
 def fill_text(cfg, model, tokenizer, text, run_device):
-    lines = text.splitlines() if cfg.start.startswith('FILE:') else [text.strip()]
+    lines = input_lines(cfg, text, 'fill')
     for number, line in enumerate(lines, 1):
         if '[MASK]' not in line:
             where = f"line {number} of {cfg.start[len('FILE:'):]}" if len(lines) > 1 else "the text"
@@ -233,7 +262,7 @@ def fill_text(cfg, model, tokenizer, text, run_device):
 
 def label_text(cfg, model, tokenizer, text, run_device, checkpoint, summary):
     from_file = cfg.start.startswith('FILE:')
-    sentences = text.splitlines() if from_file else [text.strip()]
+    sentences = input_lines(cfg, text, 'label')
     for number, sentence in enumerate(sentences, 1):
         where = f"line {number} of {cfg.start[len('FILE:'):]}" if from_file else "the text"
         if '[MASK]' in sentence:

@@ -220,6 +220,27 @@ def tokenizer_from_meta(meta):
     raise UserError("meta.pkl describes no tokenizer (it has neither a 'tokenizer' nor an 'itos' entry)")
 
 
+def hf_tokenizer(folder):
+    """The tokenizer of a Hugging Face GPT-2 folder (export.py's, or a downloaded one) as one of ours:
+    GPT-2's BPE, or a character vocabulary (export.py writes a character model's as single-character words)."""
+    import json
+    path = os.path.join(folder, 'tokenizer.json')
+    if os.path.isfile(path):
+        with open(path, encoding='utf-8') as f:
+            model = json.load(f).get('model', {})
+        vocab = model.get('vocab')
+        if model.get('type') == 'WordLevel' and isinstance(vocab, dict) and all(len(token) == 1 for token in vocab):
+            return CharTokenizer(sorted(vocab, key=vocab.get))
+    path = os.path.join(folder, 'vocab.json')
+    if os.path.isfile(path):
+        with open(path, encoding='utf-8') as f:
+            vocab = json.load(f)
+        if len(vocab) == 50257 and vocab.get('<|endoftext|>') == 50256:
+            return TiktokenTokenizer('gpt2')
+    raise UserError(f"{folder} holds no tokenizer this project reads (GPT-2's BPE in vocab.json, or export.py's "
+                    f"character vocabulary in tokenizer.json)")
+
+
 def load_meta(data_dir):
     """The dict stored in `data_dir`/meta.pkl, or None if there is no such file."""
     path = os.path.join(data_dir, 'meta.pkl')

@@ -30,13 +30,15 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import generate
-from checkpoint import (MODEL_CLASSES, load_checkpoint, load_sharded, model_from_checkpoint, rng_state, save_checkpoint,
-                        save_sharded, set_rng_state, tokenizer_state)
+from checkpoint import (GPT2_NAMES, MODEL_CLASSES, describe_checkpoint, has_checkpoint, is_pretrained, load_checkpoint,
+                        load_sharded, model_from_checkpoint, pretrained_gpt, pretrained_tokenizer, rank0_decides,
+                        remove_checkpoints, rng_state, save_checkpoint, save_sharded, set_rng_state, tokenizer_state,
+                        writable_folder)
 from configurator import UserError, configure, run_cli, settings_of
 from data import EpochSampler, LabelledSentences, MaskedSentences, SentencePairs, TokenStream
 from device import (DTYPES, autocast, compile_supported, keep_freed_memory, muon_class, peak_flops, resolve_device, speed_up,
                     training_dtype)
-from model import GPT, Encoder, EncoderConfig, GPTConfig, Seq2SeqConfig, config_fields
+from model import Encoder, EncoderConfig, GPTConfig, Seq2SeqConfig, config_fields
 from tokenizer import TiktokenTokenizer, load_meta, tokenizer_from_meta, tokenizer_from_state
 
 # -----------------------------------------------------------------------------
@@ -51,7 +53,8 @@ log_interval = 10  # also how often DDP ranks agree to stop (a signal, max_time)
 eval_iters = 20  # batches per split in each evaluation
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # False: save only when the validation loss improves
-init_from = 'scratch'  # 'scratch' | 'resume' (from out_dir/ckpt.pt) | 'gpt2' | 'gpt2-medium' | 'gpt2-large' | 'gpt2-xl' | another run's out_dir (its weights, to fine-tune: an encoder's body with a fresh head; a fresh optimizer and step count)
+init_from = 'scratch'  # 'scratch' | 'resume' (from out_dir/ckpt.pt) | 'gpt2' | 'gpt2-medium' | 'gpt2-large' | 'gpt2-xl' | a folder of GPT-2 weights in Hugging Face's format (export.py's, or a downloaded one) | another run's out_dir (its weights, to fine-tune: an encoder's body with a fresh head; a fresh optimizer and step count)
+overwrite = False  # a new run into an out_dir that holds another run's checkpoint: refused, unless True (then that checkpoint is deleted)
 keep_last = 0  # earlier checkpoints to keep as ckpt-<iter>.pt besides ckpt.pt
 # wandb logging
 wandb_log = False
@@ -66,7 +69,6 @@ block_size = 128  # context length (seq2seq: longest source and target sentence)
 sampling = 'random'  # 'random' (nanoGPT's: windows at random offsets, with replacement) | 'epoch' (gpt: each epoch a seeded permutation of all non-overlapping windows)
 align_documents = False  # gpt: every row starts at a document start (after <|endoftext|>), whole documents packed best-fit to fill it
 mask_prob = 0.15  # encoder masked-LM: share of the tokens chosen for the loss (of them 80% [MASK], 10% random, 10% kept)
-whole_word_masking = False  # encoder masked-LM: choose whole words (all of a word's pieces or none), not single pieces
 pack_sentences = True  # encoder: rows of several sentences up to block_size, not one a row. Masked-LM: consecutive sentences ([CLS] a [SEP] b [SEP] ...), read together; classifier: [CLS] a [SEP] [CLS] b [SEP] ..., each read apart (the same numbers as one a row, less padding)
 # model
 n_layer = 4
@@ -85,7 +87,6 @@ tie_embeddings = True
 fused_attention = True  # PyTorch's fused attention kernel; False runs model.scaled_dot_product_attention, the formula written out
 share_embeddings = True  # seq2seq: one embedding for source and target
 label_smoothing = 0.1  # seq2seq, and an encoder's classifier (not its masked-LM head)
-rdrop = 0.0  # an encoder's classifier: R-Drop's weight on two dropout draws agreeing (two passes a step)
 # optimizer
 optimizer = 'adamw'  # 'adamw' | 'muon' (Muon for hidden matrices, AdamW for the rest)
 muon_momentum = 0.95  # Muon's momentum; AdamW's are beta1 and beta2
@@ -120,7 +121,7 @@ AUTO_PREPARED = {'shakespeare_char': ('shakespeare_char', {}, ()), 'shakespeare'
                  # SST-2 in the movie reviews' vocabulary, so that a model pretrained there reads it
                  'sst2': ('sst2', {}, ('movie_reviews',)), 'sst2_phrases': ('sst2', {'phrases': True}, ('movie_reviews',))}
 ARCH_SETTINGS = config_fields(GPTConfig) | config_fields(Seq2SeqConfig) | config_fields(EncoderConfig)
-TRAINING_ONLY = {'dropout', 'label_smoothing', 'rdrop', 'fused_attention'}  # may change when a run is resumed
+TRAINING_ONLY = {'dropout', 'label_smoothing', 'fused_attention'}  # may change when a run is resumed
 
 
 def training_only_settings(cfg):
@@ -154,21 +155,28 @@ class Settings(SimpleNamespace):
         return dict(vars(self))
 
 
-GPT2_NAMES = ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')
-
-
 def from_run(cfg):
     """Whether init_from names another run's out_dir (whose weights start this run), not a mode or GPT-2."""
-    return cfg.init_from not in ('scratch', 'resume') and not cfg.init_from.startswith('gpt2')
+    return cfg.init_from not in ('scratch', 'resume') and not is_pretrained(cfg.init_from)
 
 
 def resumes(cfg):
     """Whether the run continues from out_dir's checkpoint: init_from='resume', or a worker restarted by
     torchrun --max-restarts that finds one."""
-    return cfg.init_from == 'resume' or (cfg.init_from == 'scratch'
-                                         and int(os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)) > 0
-                                         and (os.path.exists(os.path.join(cfg.out_dir, 'ckpt.pt'))
-                                              or os.path.exists(os.path.join(cfg.out_dir, 'ckpt.dcp'))))
+    return cfg.init_from == 'resume' or (cfg.init_from == 'scratch' and has_checkpoint(cfg.out_dir)
+                                         and int(os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)) > 0)
+
+
+def claim_out_dir(cfg, resuming):
+    """Check, before anything else, that out_dir takes files, and that this run replaces no other run's
+    checkpoint unless told to (overwrite=True). Returns whether there is one to replace."""
+    writable_folder(cfg.out_dir, '--out_dir')
+    if resuming or cfg.eval_only or not has_checkpoint(cfg.out_dir):
+        return False
+    if not cfg.overwrite:
+        raise UserError(f"out_dir {cfg.out_dir} already holds {describe_checkpoint(cfg.out_dir)}: continue it with "
+                        f"--init_from=resume, write this run to another --out_dir, or replace it with --overwrite=True")
+    return True
 
 
 def validate_settings(cfg):
@@ -188,15 +196,15 @@ def validate_settings(cfg):
     choices = {'model_type': ('gpt', 'seq2seq', 'encoder'), 'dtype': ('auto', 'float32', 'bfloat16', 'float16'),
                'backend': ('auto', 'nccl', 'gloo'), 'optimizer': ('adamw', 'muon'), 'lr_schedule': ('cosine', 'linear'),
                'sampling': ('random', 'epoch')}
-    if cfg.init_from.startswith('gpt2'):
+    if cfg.init_from.startswith('gpt2') and not is_pretrained(cfg.init_from):
         choices['init_from'] = GPT2_NAMES
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise UserError(f"{key} must be one of {', '.join(allowed)}; got {getattr(cfg, key)!r}")
-    if from_run(cfg) and not any(os.path.exists(os.path.join(cfg.init_from, name)) for name in ('ckpt.pt', 'ckpt.dcp')):
-        raise UserError(f"init_from must be 'scratch', 'resume', one of {', '.join(GPT2_NAMES)} or a run's out_dir; "
-                        f"{cfg.init_from!r} has no ckpt.pt or ckpt.dcp")
-    if cfg.model_type != 'gpt' and cfg.init_from.startswith('gpt2'):
+    if from_run(cfg) and not has_checkpoint(cfg.init_from):
+        raise UserError(f"init_from must be 'scratch', 'resume', one of {', '.join(GPT2_NAMES)}, a folder of GPT-2 "
+                        f"weights (config.json) or a run's out_dir; {cfg.init_from!r} has no ckpt.pt or ckpt.dcp")
+    if cfg.model_type != 'gpt' and is_pretrained(cfg.init_from):
         raise UserError("GPT-2 weights initialise a gpt model only: use --model_type=gpt")
     if not 0.0 < cfg.mask_prob < 1.0:
         raise UserError(f"mask_prob must be between 0 and 1, got {cfg.mask_prob}")
@@ -234,23 +242,44 @@ def data_folder(cfg):
     return cfg.dataset if os.path.isabs(cfg.dataset) or os.sep in cfg.dataset else os.path.join('data', cfg.dataset)
 
 
-def prepare_if_missing(cfg, data_dir, is_master):
-    """The small datasets are prepared on first use, by rank 0 while the others wait."""
-    marker = os.path.join(data_dir, 'train.bin' if cfg.model_type == 'gpt' else 'meta.pkl')
-    if os.path.exists(marker) or cfg.dataset not in AUTO_PREPARED:
+def prepare_if_missing(cfg, data_dir, rank=0, local_rank=0, device='cpu'):
+    """The small datasets are prepared on first use: by rank 0 while the others wait, then, on nodes that
+    do not share its data/ folder, by each node's first rank. Every rank takes every collective, whatever
+    its own filesystem shows: the ranks decide together (any_rank)."""
+    if cfg.dataset not in AUTO_PREPARED:
         return
-    if is_master:
-        import importlib
-        module, arguments, needs = AUTO_PREPARED[cfg.dataset]
-        for name in needs:  # prepared first: the dataset takes its vocabulary from them
-            folder = os.path.join('data', name)
-            if not os.path.exists(os.path.join(folder, 'meta.pkl')):
-                print(f"{folder}/meta.pkl not found: preparing {name} first")
-                importlib.import_module(f'prepare.{AUTO_PREPARED[name][0]}').prepare(out_dir=folder)
-        print(f"{marker} not found: preparing {cfg.dataset} first")
-        importlib.import_module(f'prepare.{module}').prepare(out_dir=data_dir, **arguments)
-    if dist.is_initialized():
-        dist.barrier()
+    marker = os.path.join(data_dir, 'train.bin' if cfg.model_type == 'gpt' else 'meta.pkl')
+    for preparer in (rank == 0, local_rank == 0):
+        if not any_rank(not os.path.exists(marker), device):
+            return
+        if preparer and not os.path.exists(marker):
+            print(f"{marker} not found: preparing {cfg.dataset} first")
+            prepare_dataset(cfg.dataset, data_dir)
+        if dist.is_initialized():
+            dist.barrier()
+    if any_rank(not os.path.exists(marker), device):
+        raise UserError(f"{marker} is still missing on some node after preparing it: prepare {cfg.dataset} "
+                        f"on every node, or give every node the same data/ folder")
+
+
+def prepare_dataset(dataset, data_dir):
+    import importlib
+    module, arguments, needs = AUTO_PREPARED[dataset]
+    for name in needs:  # prepared first: the dataset takes its vocabulary from them
+        folder = os.path.join('data', name)
+        if not os.path.exists(os.path.join(folder, 'meta.pkl')):
+            print(f"{folder}/meta.pkl not found: preparing {name} first")
+            importlib.import_module(f'prepare.{AUTO_PREPARED[name][0]}').prepare(out_dir=folder)
+    importlib.import_module(f'prepare.{module}').prepare(out_dir=data_dir, **arguments)
+
+
+def any_rank(flag, device):
+    """Whether `flag` holds on any rank (every rank must call it); `flag` itself without a process group."""
+    if not dist.is_initialized():
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def load_dataset(cfg, data_dir, device, meta):
@@ -259,7 +288,7 @@ def load_dataset(cfg, data_dir, device, meta):
     if cfg.model_type == 'encoder':  # labelled sentences (prepare/sst2.py) or unlabelled ones (prepare/mlm_corpus.py)
         if meta is not None and 'n_classes' in meta:
             return LabelledSentences(data_dir, cfg.block_size, device, cfg.pack_sentences)
-        return MaskedSentences(data_dir, cfg.block_size, device, cfg.mask_prob, cfg.pack_sentences, cfg.whole_word_masking)
+        return MaskedSentences(data_dir, cfg.block_size, device, cfg.mask_prob, cfg.pack_sentences)
     return TokenStream(data_dir, cfg.block_size, device, align_documents=cfg.align_documents)
 
 
@@ -298,14 +327,31 @@ def check_resumable(cfg, checkpoint, explicit, meta, source=None):
             raise UserError(f"--{key}={getattr(cfg, key)} differs from the checkpoint's {saved[saved_key]}: "
                             f"{what} (drop the flag, or use another out_dir)")
     if source:  # the same tokens: the tokenizer decides what each embedding row means
-        data_tokenizer = tokenizer_from_meta(meta).state() if meta else TiktokenTokenizer('gpt2').state()
-        if tokenizer_state(checkpoint) != data_tokenizer:
-            raise UserError(f"{source}'s model was trained with another tokenizer than dataset {cfg.dataset}'s: "
-                            f"prepare the data with its vocabulary (for an encoder: prepare/sst2.py --tokenizer_from "
-                            f"<its pretraining data>)")
+        check_same_tokenizer(cfg, meta, tokenizer_state(checkpoint), source)
     elif meta and meta.get('vocab_size') and meta['vocab_size'] > saved['vocab_size']:
         raise UserError(f"dataset {cfg.dataset} has a vocabulary of {meta['vocab_size']} but the checkpoint's model "
                         f"has {saved['vocab_size']}: resume with the dataset it was trained on")
+
+
+def data_tokenizer(meta):
+    """The tokenizer of a dataset: its meta.pkl's, or GPT-2's BPE when it has none (nanoGPT's openwebtext)."""
+    return tokenizer_from_meta(meta) if meta else TiktokenTokenizer('gpt2')
+
+
+def check_same_tokenizer(cfg, meta, weights_tokenizer, source):
+    """Weights from `source` must read the dataset's tokens: the tokenizer decides what each embedding row means."""
+    if weights_tokenizer != data_tokenizer(meta).state():
+        raise UserError(f"{source}'s model was trained with another tokenizer than dataset {cfg.dataset}'s: "
+                        f"prepare the data with its vocabulary (for an encoder: prepare/sst2.py --tokenizer_from "
+                        f"<its pretraining data>)")
+
+
+def check_vocab_size(cfg, meta):
+    """--vocab_size may pad the dataset's vocabulary (for faster matmuls), never cut it."""
+    needed = (meta or {}).get('vocab_size', 50257)  # no meta.pkl: GPT-2's BPE
+    if cfg.vocab_size and cfg.vocab_size < needed:
+        raise UserError(f"--vocab_size={cfg.vocab_size} is smaller than dataset {cfg.dataset}'s vocabulary of "
+                        f"{needed} tokens: drop the flag (the dataset's size is the default) or give at least {needed}")
 
 
 def keep_fused(optimizer):
@@ -348,11 +394,14 @@ class Trainer:
     def __init__(self, cfg, explicit=frozenset()):
         validate_settings(cfg)
         self.cfg = cfg
+        self.setup_distributed()
+        # decided by rank 0 for all: the ranks' filesystems may differ (a node without the shared out_dir)
+        self.resuming = rank0_decides(lambda: resumes(cfg))
+        replaces = rank0_decides(lambda: claim_out_dir(cfg, self.resuming))
         # a resumed run, or one initialised from another run's out_dir: the checkpoint's architecture (before
         # the data is read: block_size cuts it); self.source is the other run's checkpoint
         self.source = self.adopt_architecture(explicit)
         self.config = cfg.as_dict()  # saved in checkpoints, given to wandb
-        self.setup_distributed()
         if self.device_type == 'cpu':
             keep_freed_memory()
         # dropout differs per rank; DDP copies rank 0's initial weights, FSDP needs them equal on every rank
@@ -400,7 +449,9 @@ class Trainer:
         self.lr = get_lr(cfg, self.iter_num, self.elapsed)
         self.peak = peak_flops(self.device, self.ptdtype) if self.master else 1.0
         self.metrics_path = os.path.join(cfg.out_dir, 'metrics.jsonl')
-        if checkpoint is None and self.master and os.path.exists(self.metrics_path):
+        if self.master and replaces:  # overwrite=True, and the run is ready to start: the old run goes
+            remove_checkpoints(cfg.out_dir)
+        if checkpoint is None and self.master and not cfg.eval_only and os.path.exists(self.metrics_path):
             os.remove(self.metrics_path)  # a new run: its curves must not mix with an earlier run's in this out_dir
         self.wandb = self.start_wandb(checkpoint) if cfg.wandb_log and self.master else None
 
@@ -434,14 +485,12 @@ class Trainer:
         self.accum = cfg.gradient_accumulation_steps // self.world  # micro-steps of this rank
         self.device_type = torch.device(self.device).type
         self.dtype = training_dtype(cfg.dtype, self.device_type)
-        if self.master:
-            os.makedirs(cfg.out_dir, exist_ok=True)
 
     def load_data(self):
         """(meta or None, batches) of the dataset, prepared first if it is a small known one.
         A method so that bench.py can swap in random tokens."""
         data_dir = data_folder(self.cfg)
-        prepare_if_missing(self.cfg, data_dir, self.master)
+        prepare_if_missing(self.cfg, data_dir, self.rank, self.local_rank, self.device)
         meta = load_meta(data_dir)
         return meta, load_dataset(self.cfg, data_dir, self.device, meta)
 
@@ -453,7 +502,7 @@ class Trainer:
         cfg = self.cfg
         if from_run(cfg):
             checkpoint = source = load_checkpoint(cfg.init_from)
-        elif resumes(cfg):
+        elif self.resuming:
             checkpoint, source = load_checkpoint(cfg.out_dir, weights=False), None
         else:
             return None
@@ -466,7 +515,7 @@ class Trainer:
     def build_model(self, explicit):
         """A new model, GPT-2's weights, or the checkpoint's model. Returns the checkpoint, if any."""
         cfg = self.cfg
-        if resumes(cfg):
+        if self.resuming:
             # torchrun --max-restarts: a restarted worker resumes. FSDP loads the weights later, sharded
             checkpoint = load_checkpoint(cfg.out_dir, weights=not cfg.fsdp)
             check_resumable(cfg, checkpoint, explicit, self.meta)
@@ -480,12 +529,11 @@ class Trainer:
         if self.source is not None:
             self.model = self.model_from_run(self.source, explicit)
             self.source = None  # its weights are in the model now
-        elif cfg.init_from.startswith('gpt2'):
-            try:
-                self.model = GPT.from_pretrained(cfg.init_from, dict(dropout=cfg.dropout, block_size=cfg.block_size))
-            except ValueError as e:
-                raise UserError(str(e)) from None
+        elif is_pretrained(cfg.init_from):
+            check_same_tokenizer(cfg, self.meta, pretrained_tokenizer(cfg.init_from).state(), cfg.init_from)
+            self.model = pretrained_gpt(cfg.init_from, dict(dropout=cfg.dropout, block_size=cfg.block_size))
         else:
+            check_vocab_size(cfg, self.meta)
             model_class, config_class = MODEL_CLASSES[cfg.model_type]
             try:
                 config = config_class(**architecture(cfg, self.meta))
@@ -656,7 +704,8 @@ class Trainer:
 
         def batches():
             for micro_step, micro_rows in enumerate(my_rows):
-                weight = self.data.num_targets('train', micro_rows) / total_targets
+                # a masked-LM batch may happen to hold no masked token: it then weighs nothing
+                weight = self.data.num_targets('train', micro_rows) / max(total_targets, 1)
                 yield micro_step == self.accum - 1, self.data.batch('train', micro_rows), weight
         return batches(), self.data.num_inputs('train', rows)
 
@@ -765,7 +814,7 @@ class Trainer:
                 loss_sum += loss.float() * self.data.num_targets(split, batch_rows)
                 if cfg.model_type == 'encoder':
                     correct += self.raw_model.count_correct(logits, batch[1])
-            num_targets = self.data.num_targets(split, torch.cat(batches))
+            num_targets = self.data.num_targets(split, torch.cat(batches)) or float('nan')  # none: no loss to report
             out[split] = self.all_sum(loss_sum).item() / num_targets
             if cfg.model_type == 'encoder' and split == 'val':
                 out['val_acc'] = self.all_sum(correct).item() / num_targets
@@ -837,9 +886,7 @@ class Trainer:
     # Checkpoints
 
     def tokenizer_state(self):
-        if self.cfg.init_from.startswith('gpt2') or self.meta is None:
-            return TiktokenTokenizer('gpt2').state()
-        return tokenizer_from_meta(self.meta).state()
+        return data_tokenizer(self.meta).state()
 
     def checkpoint(self):
         """Everything that decides what comes next, so that a resumed run continues exactly."""

@@ -198,33 +198,6 @@ def test_label_smoothing_is_the_classifiers_in_training_only():
         EncoderConfig(label_smoothing=1.0)
 
 
-def test_rdrop_adds_the_agreement_of_two_dropout_draws():
-    torch.manual_seed(0)
-    tokens, labels = torch.randint(5, 50, (4, 7)), torch.tensor([0, 1, 1, 0])
-    classifier = tiny_encoder(n_classes=2, label_smoothing=0.0, rdrop=1.0).train()
-    logits, loss = classifier(tokens, labels)  # no dropout: both passes alike, the plain loss
-    assert torch.allclose(loss, F.cross_entropy(logits, labels))
-    classifier = tiny_encoder(n_classes=2, label_smoothing=0.0, rdrop=2.0, dropout=0.3).train()
-    with torch.no_grad():
-        classifier.classifier.out_proj.weight.mul_(100)  # logits of a trained size (a fresh head's are ~0)
-    torch.manual_seed(1)
-    logits, loss = classifier(tokens, labels)
-    torch.manual_seed(1)  # the same two dropout draws, by hand
-    first, second = classifier.classify(torch.cat([tokens, tokens])).chunk(2)
-    p, q = first.softmax(-1), second.softmax(-1)
-    kl = ((p * (p / q).log()).sum(-1) + (q * (q / p).log()).sum(-1)).mean() / 2
-    assert torch.equal(logits, first) and kl > 1e-3  # the draws differ
-    expected = (F.cross_entropy(first, labels) + F.cross_entropy(second, labels)) / 2 + 2.0 * kl
-    assert torch.allclose(loss, expected)
-    loss.backward()
-    assert classifier.classifier.out_proj.weight.grad.abs().sum() > 0
-    logits, loss = classifier.eval()(tokens, labels)  # evaluation: one pass, the plain cross-entropy
-    assert torch.allclose(loss, F.cross_entropy(logits, labels))
-    assert classifier.flops_per_token() == 2 * tiny_encoder(n_classes=2, dropout=0.3).flops_per_token()  # for the MFU
-    with pytest.raises(ValueError, match='rdrop'):
-        EncoderConfig(rdrop=-1.0)
-
-
 def test_output_heads_are_trained_by_adamw_under_muon():
     for model in (tiny_encoder(), tiny_encoder(n_classes=2)):
         muon, adamw = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu', optimizer='muon')
@@ -264,7 +237,8 @@ def test_masking_statistics(corpus_dir, pack, mask_prob):
     for _ in range(20):
         rows = data.sample('train', 32, generator)
         originals = data.padded([data.sequence('train', row >> MASK_SEED_BITS) for row in rows.tolist()], data.pad_id)
-        inputs, targets = data.batch('train', rows)
+        inputs, targets, _, predict_at = data.batch('train', rows)
+        assert torch.equal(predict_at, (targets.flatten() != -1).nonzero()[:, 0])  # where the loss is
         chosen = targets != -1
         assert data.num_targets('train', rows) == int(chosen.sum())
         assert torch.equal(targets[chosen], originals[chosen])  # the targets are the hidden tokens
@@ -277,37 +251,6 @@ def test_masking_statistics(corpus_dir, pack, mask_prob):
     assert abs(counts['chosen'] / counts['tokens'] - mask_prob) < 0.01
     assert abs(counts['masked'] / counts['chosen'] - 0.8) < 0.02
     assert abs(counts['kept'] / counts['chosen'] - 0.1) < 0.02  # (a random token is rarely the same one)
-
-
-def how_words_are_masked(data):
-    """Over 20 batches: (share of the plain tokens chosen, words of several pieces chosen whole,
-    such words chosen in part only). A word is a piece marked '▁' and the unmarked ones after it."""
-    tokenizer = tokenizer_from_meta(data.meta)
-    starts_word = [tokenizer.id_to_token(i).startswith('▁') for i in range(tokenizer.vocab_size)]
-    generator = torch.Generator().manual_seed(0)
-    tokens = chosen_tokens = whole = part = 0
-    for _ in range(20):
-        rows = data.sample('train', 32, generator)
-        for row, targets in zip(rows.tolist(), data.masked('train', rows)[1]):
-            original = data.sequence('train', row >> MASK_SEED_BITS).tolist()
-            chosen = (targets[:len(original)] != -1).tolist()
-            plain = [t not in data.special_ids for t in original]
-            tokens, chosen_tokens = tokens + sum(plain), chosen_tokens + sum(chosen)
-            starts = [i for i, t in enumerate(original) if starts_word[t] or not plain[i]]
-            for start, end in zip(starts, starts[1:]):
-                if end - start > 1 and any(chosen[start:end]):
-                    whole += all(chosen[start:end])
-                    part += not all(chosen[start:end])
-    return chosen_tokens / tokens, whole, part
-
-
-@needs_mirrors
-def test_whole_word_masking_chooses_all_of_a_word_or_none(corpus_dir):
-    share, whole, part = how_words_are_masked(MaskedSentences(corpus_dir, 64, 'cpu', 0.3, whole_word_masking=True))
-    assert whole > 500 and part == 0  # (a 600-token vocabulary: many words are several pieces)
-    assert abs(share - 0.3) < 0.02  # words are chosen at mask_prob, so tokens are too
-    share, whole, part = how_words_are_masked(MaskedSentences(corpus_dir, 64, 'cpu', 0.3))
-    assert part > whole and abs(share - 0.3) < 0.01  # piece by piece, most such words are cut
 
 
 @needs_mirrors
@@ -328,16 +271,16 @@ def test_rows_are_packed_or_one_sentence_each(corpus_dir):
 def test_masks_are_fresh_each_draw_and_reproducible(corpus_dir):
     data = MaskedSentences(corpus_dir, 64, 'cpu')
     sentences = torch.arange(8) << MASK_SEED_BITS
-    first, second = data.batch('train', sentences | 1), data.batch('train', sentences | 2)
+    first, second = data.batch('train', sentences | 1)[:2], data.batch('train', sentences | 2)[:2]
     assert not torch.equal(first[1], second[1])  # the same sentences, masked differently
     assert all(torch.equal(a, b) for a, b in zip(first, data.batch('train', sentences | 1)))
-    draws = [data.batch('train', data.sample('train', 8, torch.Generator().manual_seed(5))) for _ in range(2)]
+    draws = [data.batch('train', data.sample('train', 8, torch.Generator().manual_seed(5)))[:2] for _ in range(2)]
     assert all(torch.equal(a, b) for a, b in zip(*draws))  # the same generator state, the same batch
     rows = data.sample('train', 8, torch.Generator().manual_seed(5))
     assert data.num_targets('train', rows) == data.num_targets('train', rows[:3]) + data.num_targets('train', rows[3:])
     single = MaskedSentences(corpus_dir, 64, 'cpu', pack_sentences=False)  # rows of different lengths, padded
     rows = single.sample('train', 8, torch.Generator().manual_seed(5))
-    together, alone = single.batch('train', rows), single.batch('train', rows[:1])
+    together, alone = single.batch('train', rows)[:2], single.batch('train', rows[:1])[:2]
     width = alone[0].size(1)
     assert width < together[0].size(1)  # the batch is padded to a longer row
     assert all(torch.equal(a[0], b[0, :width]) for a, b in zip(alone, together))  # a row's mask is its own
@@ -366,7 +309,8 @@ def test_packed_classification_batches_hold_each_sentence_once_whole_with_its_la
     padded, packed = LabelledSentences(sst2_dir, 64, 'cpu'), LabelledSentences(sst2_dir, 64, 'cpu', pack_sentences=True)
     rows = packed.sample('train', 48, torch.Generator().manual_seed(0))
     tokens, labels = padded.batch('train', rows)
-    packed_tokens, packed_labels, position_ids = packed.batch('train', rows)
+    packed_tokens, packed_labels, position_ids, predict_at = packed.batch('train', rows)
+    assert torch.equal(predict_at, (position_ids.flatten() == 0).nonzero()[:, 0])  # each [CLS], found on the host
     assert packed_tokens.size(1) <= 64 and packed_tokens.numel() < 0.75 * tokens.numel()  # less padding
     assert (packed_tokens != packed.pad_id).sum() == (tokens != padded.pad_id).sum()  # no token lost, no padding added
     starts = position_ids == 0
@@ -384,6 +328,7 @@ def test_packed_classification_batches_hold_each_sentence_once_whole_with_its_la
     model = tiny_encoder(vocab_size=packed.meta['vocab_size'], block_size=64, n_classes=2)
     logits, loss = model(tokens, labels)
     packed_logits, packed_loss = model(packed_tokens, packed_labels, position_ids)
+    assert torch.equal(model(packed_tokens, packed_labels, position_ids, predict_at)[0], packed_logits)
     assert torch.allclose(packed_loss, loss, atol=1e-6)
     assert sorted(packed_logits[:, 0].tolist()) == pytest.approx(sorted(logits[:, 0].tolist()), abs=1e-5)
 

@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import sample
 import train
@@ -86,7 +87,7 @@ def test_tokens_per_second_count_every_token_read_not_only_the_masked_ones(corpu
     generator = torch.Generator().manual_seed(0)
     data = MaskedSentences(corpus_dir, 32, 'cpu', mask_prob=0.3, pack_sentences=pack_sentences)
     rows = data.sample('train', 64, generator)
-    inputs, targets = data.batch('train', rows)
+    inputs, targets = data.batch('train', rows)[:2]
     assert data.num_inputs('train', rows) == int((inputs != data.pad_id).sum())
     assert data.num_targets('train', rows) == int((targets != -1).sum()) < 0.45 * data.num_inputs('train', rows)
     labelled = LabelledSentences(sst2_dir, 16, 'cpu', pack_sentences=pack_sentences)
@@ -208,3 +209,49 @@ def test_init_from_refuses_another_tokenizer_or_architecture(pretrained, sst2_di
     status, out, err = run_script(capsys, train.main, finetune_args(other, tmp_path / 'ft', tmp_path / 'nothing'))
     assert status == 1
     assert err.count('\n') == 1 and 'has no ckpt.pt or ckpt.dcp' in err
+
+
+# ---------------------------------------------------------------------------
+# Steps that never wait for the device
+
+
+class DeviceWaits(TorchDispatchMode):
+    """Counts the ops after which the host must wait for the device: a value read back (.item()), or a
+    shape that depends on values (nonzero, indexing by a boolean mask, masked_select)."""
+    WAITS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
+             torch.ops.aten.masked_select.default}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        boolean_index = func in (torch.ops.aten.index.Tensor, torch.ops.aten.index_put_.default) and any(
+            index is not None and index.dtype == torch.bool for index in args[1])
+        self.count += func in self.WAITS or boolean_index
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('stage', ['pretraining', 'finetuning'])
+def test_encoder_steps_do_not_wait_for_the_device(corpus_dir, sst2_dir, pretrained, tmp_path, capsys, monkeypatch,
+                                                  stage):
+    """The forward and backward passes of a masked-LM step and of a packed classifier's: on a GPU, a
+    boolean-mask index (the masked tokens, the [CLS]s) would make every micro-step wait for the device."""
+    waits, steps = DeviceWaits(), []
+    real_forward, real_backward = train.Encoder.forward, train.Trainer.backward
+
+    def forward(self, *args, **kwargs):
+        with waits:
+            return real_forward(self, *args, **kwargs)
+
+    def backward(self, loss):
+        with waits:
+            real_backward(self, loss)
+        steps.append(waits.count)
+    monkeypatch.setattr(train.Encoder, 'forward', forward)
+    monkeypatch.setattr(train.Trainer, 'backward', backward)
+    args = mlm_args(corpus_dir, tmp_path, max_iters=6, eval_interval=100) if stage == 'pretraining' else \
+        finetune_args(sst2_dir, tmp_path, pretrained, max_iters=6, eval_interval=100, pack_sentences=True)
+    status, out, err = run_script(capsys, train.main, args)
+    assert status == 0, err
+    assert len(steps) == 6 and steps[-1] == 0

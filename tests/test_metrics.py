@@ -65,9 +65,9 @@ def test_resumed_run_appends_and_continues(runs):
 
 
 def test_a_new_run_starts_a_new_file(shakespeare_char_dir, tmp_path, capsys):
-    for max_iters in (6, 4):  # the second run, from scratch, replaces the first in the same out_dir
+    for max_iters, overwrite in ((6, False), (4, True)):  # the second run, from scratch, replaces the first
         assert run_script(capsys, train.main, tiny_args(shakespeare_char_dir, tmp_path, max_iters=max_iters,
-                                                        log_interval=2))[0] == 0
+                                                        log_interval=2, overwrite=overwrite))[0] == 0
     assert [r['iter'] for r in read_metrics(tmp_path) if 'loss' in r] == [2, 4]
 
 

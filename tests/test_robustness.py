@@ -296,7 +296,9 @@ def test_bad_settings_are_one_line_errors_that_change_no_file(shakespeare_char_d
                  for key, value in overrides.items()}
     folders = (run_dir, shakespeare_char_dir, short_dataset)
     before = [file_bytes(folder) for folder in folders]
-    status, out, err = run_script(capsys, train.main, tiny_args(shakespeare_char_dir, run_dir, **overrides))
+    # overwrite=True: the run_dir's checkpoint may be replaced, but only by a run that starts
+    status, out, err = run_script(capsys, train.main, tiny_args(shakespeare_char_dir, run_dir, overwrite=True,
+                                                                **overrides))
     assert status == 1
     assert len(err.splitlines()) == 1 and err.startswith(f'error: {message.format(short=short_dataset)}')
     assert [file_bytes(folder) for folder in folders] == before
