@@ -30,7 +30,8 @@ import torch
 
 import generate
 import train
-from configurator import UserError, configure, run_cli
+from configurator import configure, run_cli
+from errors import UserError
 from data import Batches
 from device import PackedLinear, pack_for_inference, synchronize
 from model import Seq2SeqTransformer

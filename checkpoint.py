@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 import torch
 
-from configurator import UserError
+from errors import UserError
 from model import GPT, Encoder, EncoderConfig, GPTConfig, Seq2SeqConfig, Seq2SeqTransformer
 from tokenizer import TiktokenTokenizer, hf_tokenizer, load_meta, tokenizer_from_meta
 

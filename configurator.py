@@ -17,11 +17,9 @@ import os
 import sys
 import tokenize
 
+from errors import UserError
+
 SETTING_TYPES = (bool, int, float, str, type(None))
-
-
-class UserError(Exception):
-    """Bad input from the user. Scripts print it as one line, `error: <message>`, and exit with status 1."""
 
 
 def settings_of(namespace):

@@ -12,7 +12,7 @@ import os
 import numpy as np
 import torch
 
-from configurator import UserError
+from errors import UserError
 from model import predicted_positions
 from tokenizer import load_meta
 

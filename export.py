@@ -25,7 +25,8 @@ import sys
 import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint, tokenizer_state, writable_folder
-from configurator import UserError, configure, run_cli, settings_of
+from configurator import configure, run_cli, settings_of
+from errors import UserError
 from model import HF_ACTIVATIONS, HF_TRANSPOSED
 from tokenizer import TiktokenTokenizer
 

@@ -14,7 +14,8 @@ import json
 import os
 import sys
 
-from configurator import UserError, run_cli
+from configurator import run_cli
+from errors import UserError
 
 
 class ArgumentParser(argparse.ArgumentParser):

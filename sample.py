@@ -22,7 +22,8 @@ import torch
 import generate
 from checkpoint import (GPT2_NAMES, is_pretrained, load_checkpoint, model_from_checkpoint, pretrained_gpt,
                         pretrained_tokenizer, tokenizer_state)
-from configurator import UserError, configure, run_cli, settings_of
+from configurator import configure, run_cli, settings_of
+from errors import UserError
 from device import inference_dtype, pack_for_inference, resolve_device, speed_up
 from model import GPT, Encoder, Seq2SeqTransformer
 from tokenizer import tokenizer_from_state

@@ -14,7 +14,7 @@ turns such a dict back into a tokenizer.
 import os
 import pickle
 
-from configurator import UserError
+from errors import UserError
 
 
 def _as_ints(ids):

@@ -34,7 +34,8 @@ from checkpoint import (GPT2_NAMES, MODEL_CLASSES, describe_checkpoint, has_chec
                         load_sharded, model_from_checkpoint, pretrained_gpt, pretrained_tokenizer, rank0_decides,
                         remove_checkpoints, rng_state, save_checkpoint, save_sharded, set_rng_state, tokenizer_state,
                         writable_folder)
-from configurator import UserError, configure, run_cli, settings_of
+from configurator import configure, run_cli, settings_of
+from errors import UserError
 from data import EpochSampler, LabelledSentences, MaskedSentences, SentencePairs, TokenStream
 from device import (DTYPES, autocast, compile_supported, keep_freed_memory, muon_class, peak_flops, resolve_device, speed_up,
                     training_dtype)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from configurator import UserError
+from errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # read-only copies of the raw corpora, for machines without internet access

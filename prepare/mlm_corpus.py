@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python prepare/<name>.py` finds the repo's modules
 
-from configurator import UserError, run_cli
+from configurator import run_cli
+from errors import UserError
 from prepare import default_out_dir, find_input, make_arg_parser, staged_outputs, tokenizer_meta
 from prepare import sst2
 from prepare.multi30k import read_lines, write_split

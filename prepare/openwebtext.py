@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python prepare/<name>.py` finds the repo's modules
 
-from configurator import UserError, run_cli
+from configurator import run_cli
+from errors import UserError
 from prepare import default_out_dir, make_arg_parser, staged_outputs, tokenizer_meta
 from tokenizer import TiktokenTokenizer
 

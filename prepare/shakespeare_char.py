@@ -10,7 +10,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python prepare/<name>.py` finds the repo's modules
 
-from configurator import UserError, run_cli
+from configurator import run_cli
+from errors import UserError
 from prepare import default_out_dir, find_input, make_arg_parser, tokenizer_meta, write_train_val
 from tokenizer import CharTokenizer
 

@@ -24,7 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python prepare/<name>.py` finds the repo's modules
 
-from configurator import UserError, run_cli
+from configurator import run_cli
+from errors import UserError
 from prepare import REPO_ROOT, default_out_dir, find_input, make_arg_parser, staged_outputs, tokenizer_meta
 from prepare.multi30k import read_lines, write_split
 from tokenizer import MaskedLMTokenizer, load_meta, tokenizer_from_meta
