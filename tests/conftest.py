@@ -14,6 +14,15 @@ os.environ.setdefault('WANDB_MODE', 'offline')
 # Tests use tiny models, and some start several processes: one thread each avoids oversubscribing the cores.
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 torch.set_num_threads(1)
+CUDNN_ATTENTION_AT_START = torch.backends.cuda.cudnn_sdp_enabled()
+
+
+@pytest.fixture(autouse=True)
+def cudnn_attention_put_back():
+    """speed_up(..., 'cuda') turns cuDNN attention off for the whole process (device.no_attention_plans_per_shape),
+    and no CUDA test turns it back on: put it back after each test, so that no test depends on which ran before."""
+    yield
+    torch.backends.cuda.enable_cudnn_sdp(CUDNN_ATTENTION_AT_START)
 
 
 @pytest.fixture(scope='session')
