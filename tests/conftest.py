@@ -54,3 +54,20 @@ def nan_loss_at(monkeypatch):
             return logits, loss
         monkeypatch.setattr(model.GPT, 'forward', forward)
     return install
+
+
+def widen(model, std=0.3):
+    """Redraw a model's matrices from N(0, std), wider than the N(0, 0.02) initialisation, and return it. At that
+    initialisation the logits are nearly flat and greedy decoding repeats one token, so a cache or batching
+    bug would go unseen; with wide weights the logits differ by whole units and the output varies."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, std)
+    return model
+
+
+def switches(ids):
+    """How many times each row of ids (B, T) moves to another token. Greedy output that never moves (one
+    token repeated) is the same whatever the context it read, so it could not show a bug in that context."""
+    return (ids[:, 1:] != ids[:, :-1]).sum(dim=1)

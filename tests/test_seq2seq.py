@@ -14,7 +14,7 @@ import torch
 import generate
 import train
 from checkpoint import load_checkpoint, model_from_checkpoint
-from conftest import SHARED
+from conftest import SHARED, widen
 from data import SentencePairs
 from model import Attention, Seq2SeqConfig, Seq2SeqTransformer
 from tokenizer import load_meta, tokenizer_from_meta
@@ -30,12 +30,7 @@ def tiny_model(seed=0, **overrides):
     torch.manual_seed(seed)
     settings = dict(vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=32, dropout=0.0,
                     src_block_size=16, tgt_block_size=16, label_smoothing=0.0)
-    model = Seq2SeqTransformer(Seq2SeqConfig(**{**settings, **overrides}))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.3)
-    return model.eval()
+    return widen(Seq2SeqTransformer(Seq2SeqConfig(**{**settings, **overrides}))).eval()
 
 
 def random_tokens(*shape, seed=1):
