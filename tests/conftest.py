@@ -1,5 +1,7 @@
-"""Shared test setup: the repo root on sys.path, offline tokenizers, the data mirrors."""
+"""Shared test setup: the repo root on sys.path, offline tokenizers, the data mirrors, and the helpers
+and fixtures that several test files use."""
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,6 +27,10 @@ def cudnn_attention_put_back():
     torch.backends.cuda.enable_cudnn_sdp(CUDNN_ATTENTION_AT_START)
 
 
+# ---------------------------------------------------------------------------
+# Data mirrors and prepared datasets, each prepared once per session
+
+
 @pytest.fixture(scope='session')
 def shakespeare_char_dir(tmp_path_factory):
     """tiny Shakespeare prepared at the character level into a temporary folder."""
@@ -35,6 +41,27 @@ def shakespeare_char_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp('shakespeare_char')
     shakespeare_char.prepare(out_dir=str(out), input_path=str(source))
     return out
+
+
+# ---------------------------------------------------------------------------
+# Models
+
+
+def widen(model, std=0.3):
+    """Redraw a model's matrices from N(0, std), wider than the N(0, 0.02) initialisation, and return it. At that
+    initialisation the logits are nearly flat and greedy decoding repeats one token, so a cache or batching
+    bug would go unseen; with wide weights the logits differ by whole units and the output varies."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, std)
+    return model
+
+
+def switches(ids):
+    """How many times each row of ids (B, T) moves to another token. Greedy output that never moves (one
+    token repeated) is the same whatever the context it read, so it could not show a bug in that context."""
+    return (ids[:, 1:] != ids[:, :-1]).sum(dim=1)
 
 
 @pytest.fixture
@@ -56,18 +83,27 @@ def nan_loss_at(monkeypatch):
     return install
 
 
-def widen(model, std=0.3):
-    """Redraw a model's matrices from N(0, std), wider than the N(0, 0.02) initialisation, and return it. At that
-    initialisation the logits are nearly flat and greedy decoding repeats one token, so a cache or batching
-    bug would go unseen; with wide weights the logits differ by whole units and the output varies."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, std)
-    return model
+# ---------------------------------------------------------------------------
+# Several processes
 
 
-def switches(ids):
-    """How many times each row of ids (B, T) moves to another token. Greedy output that never moves (one
-    token repeated) is the same whatever the context it read, so it could not show a bug in that context."""
-    return (ids[:, 1:] != ids[:, :-1]).sum(dim=1)
+def torchrun(script, args, timeout=180):
+    """`script` under torchrun on two CPU processes (Gloo), from the repo root. Returns the finished process."""
+    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', script, *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+# float32, no dropout: runs of these settings take the same steps on the same global batches whatever their
+# number of ranks, DDP or FSDP (test_train, test_fsdp)
+COMMON = dict(gradient_accumulation_steps=2, eval_interval=4, learning_rate=1e-2, warmup_iters=0, eval_iters=2)
+
+
+@pytest.fixture(scope='session')
+def ddp_run(shakespeare_char_dir, tmp_path_factory):
+    """(out_dir, stdout) of 4 steps of train.py under DDP on two processes, with COMMON: one torchrun launch
+    for the tests that hold one process (test_train) and FSDP (test_fsdp) to it."""
+    from test_train import tiny_args
+    out_dir = tmp_path_factory.mktemp('ddp_run')
+    result = torchrun('train.py', tiny_args(shakespeare_char_dir, out_dir, max_iters=4, **COMMON))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out_dir, result.stdout

@@ -2,15 +2,13 @@
 mid-epoch) and align_documents=True (rows begin at document starts, documents packed to fill them)."""
 import pickle
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 import train
-from conftest import ROOT
+from conftest import torchrun
 from data import EpochSampler, TokenStream, document_starts, eot_id, pack_documents
 from test_gpu_paths import make_trainer
 from test_train import run_script, tiny_args, training_losses
@@ -103,9 +101,7 @@ def test_epoch_sampling_on_two_processes_matches_one(small_char_dir, tmp_path, c
     common = dict(sampling='epoch', max_iters=10, eval_interval=100, gradient_accumulation_steps=2, batch_size=4,
                   learning_rate=1e-2, warmup_iters=0)  # 8 rows a step: epoch 1 begins in step 8
     assert run_script(capsys, train.main, tiny_args(small_char_dir, single, **common))[0] == 0
-    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py',
-               *tiny_args(small_char_dir, ddp, **common)]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    result = torchrun('train.py', tiny_args(small_char_dir, ddp, **common))
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count('epoch 1 begins in iteration 8') == 1  # rank 0 only
     expected, actual = training_losses(single), training_losses(ddp)
