@@ -1,5 +1,6 @@
 """Shared test setup: the repo root on sys.path, offline tokenizers, the data mirrors, and the helpers
 and fixtures that several test files use."""
+import importlib
 import os
 import subprocess
 import sys
@@ -28,16 +29,47 @@ def cudnn_attention_put_back():
 
 
 # ---------------------------------------------------------------------------
-# Data mirrors and prepared datasets, each prepared once per session
+# Data mirrors and optional packages: a test that needs one that is missing is skipped, not an error
+
+
+def mirror(*parts):
+    """The path of a file or folder of the offline data mirrors (../shared/data); skips the test where it is absent."""
+    path = SHARED.joinpath('data', *parts)
+    if not path.exists():
+        pytest.skip(f'offline mirror {path} is absent')
+    return path
+
+
+def needs(package):
+    """A skip mark for the tests of a feature that needs an optional package, where it cannot be imported."""
+    try:
+        importlib.import_module(package)
+        missing = False
+    except ImportError:
+        missing = True
+    return pytest.mark.skipif(missing, reason=f'{package} is not installed')
+
+
+@pytest.fixture(scope='session')
+def gpt2_bpe():
+    """GPT-2's BPE, from the offline tiktoken cache (or downloaded); skips the tests that need it where neither works."""
+    from configurator import UserError
+    from tokenizer import TiktokenTokenizer
+    try:
+        return TiktokenTokenizer('gpt2')
+    except UserError as e:
+        pytest.skip(str(e))
+
+
+# ---------------------------------------------------------------------------
+# Datasets prepared once per session
 
 
 @pytest.fixture(scope='session')
 def shakespeare_char_dir(tmp_path_factory):
     """tiny Shakespeare prepared at the character level into a temporary folder."""
     from prepare import shakespeare_char
-    source = SHARED / 'data' / 'tinyshakespeare' / 'input.txt'
-    if not source.exists():
-        pytest.skip(f'mirror {source} not found')
+    source = mirror('tinyshakespeare', 'input.txt')
     out = tmp_path_factory.mktemp('shakespeare_char')
     shakespeare_char.prepare(out_dir=str(out), input_path=str(source))
     return out

@@ -11,7 +11,7 @@ from generate import KVCache
 from model import GPT, GPTConfig
 from test_sample import SEPARATOR, sample_args, trained_dir  # noqa: F401 (a fixture)
 from test_train import run_script
-from tokenizer import CharTokenizer, TiktokenTokenizer
+from tokenizer import CharTokenizer
 
 EOT = 50256
 
@@ -43,11 +43,6 @@ def printed(capsys, script, stop, tokenizer, max_new_tokens=20, num_samples=1):
     capsys.readouterr()
     sample.generate_text(cfg, ScriptedModel(script), tokenizer, 'x', 'cpu')
     return capsys.readouterr().out
-
-
-@pytest.fixture(scope='module')
-def gpt2_bpe():
-    return TiktokenTokenizer('gpt2')
 
 
 def test_stops_at_the_end_of_text_token_by_default(capsys, gpt2_bpe):

@@ -17,7 +17,7 @@ import checkpoint
 import sample
 import train
 from checkpoint import load_checkpoint, save_checkpoint
-from conftest import ROOT
+from conftest import ROOT, needs
 from test_train import file_bytes, run_script, tiny_args
 
 TEMP_FILE = re.compile(r'^\.ckpt\.pt\.tmp\d+$')  # save_checkpoint's temporary name, ignored by load_checkpoint
@@ -265,6 +265,7 @@ def tiny_translation_dataset(folder):
     return multi30k.prepare(out_dir=folder / 'translation', input_path=raw, vocab_size=60)
 
 
+@needs('tokenizers')  # to prepare the translation data
 def test_resuming_a_gpt_checkpoint_as_seq2seq_is_an_error(run_dir, tmp_path, capsys):
     dataset = tiny_translation_dataset(tmp_path)
     args = tiny_args(dataset, run_dir, init_from='resume', model_type='seq2seq')

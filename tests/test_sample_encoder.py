@@ -16,6 +16,7 @@ SENTENCES = ['a gorgeous , witty , seductive movie .', 'the plot is a dull mess 
 
 @pytest.fixture(scope='module')
 def tokenizer():
+    pytest.importorskip('tokenizers')
     return MaskedLMTokenizer.train(SENTENCES, vocab_size=120)
 
 

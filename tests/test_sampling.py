@@ -169,10 +169,9 @@ def test_aligned_rows_all_begin_at_a_document_start(tmp_path):
     assert torch.equal(stream.sample('train', n, EpochSampler(n, 0)).sort().values, torch.arange(n))
 
 
-def test_align_documents_needs_a_separator(shakespeare_char_dir, tmp_path, capsys):
+def test_align_documents_needs_a_separator(shakespeare_char_dir, gpt2_bpe, tmp_path, capsys):
     assert eot_id(None) == 50256  # no meta.pkl: GPT-2 BPE, as nanoGPT's openwebtext
     from prepare import tokenizer_meta
-    from tokenizer import TiktokenTokenizer
-    assert eot_id(tokenizer_meta(TiktokenTokenizer('gpt2'))) == 50256
+    assert eot_id(tokenizer_meta(gpt2_bpe)) == 50256
     status, _, err = run_script(capsys, train.main, tiny_args(shakespeare_char_dir, tmp_path, align_documents=True))
     assert status != 0 and 'end-of-text' in err

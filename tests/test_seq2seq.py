@@ -8,18 +8,16 @@ memorise eight sentence pairs: it ends its translations with <eos>, at various l
 import json
 
 import pytest
-import sacrebleu
 import torch
 
 import generate
 import train
 from checkpoint import load_checkpoint, model_from_checkpoint
-from conftest import SHARED, widen
+from conftest import mirror, needs, widen
 from data import SentencePairs
 from model import Attention, Seq2SeqConfig, Seq2SeqTransformer
 from tokenizer import load_meta, tokenizer_from_meta
 
-MULTI30K = SHARED / 'data' / 'multi30k'
 PAD, BOS, EOS = 0, 1, 2  # Seq2SeqConfig's defaults, and what prepare/multi30k.py assigns
 VOCAB = 40
 MAX_NEW_TOKENS = 12
@@ -223,10 +221,10 @@ def test_cross_attention_keys_and_values_are_computed_once_per_sentence(monkeypa
 
 @pytest.fixture(scope='module')
 def multi30k_dir(tmp_path_factory):
-    if not MULTI30K.is_dir():
-        pytest.skip(f'offline mirror {MULTI30K} is absent')
+    source = mirror('multi30k')
+    pytest.importorskip('tokenizers')
     from prepare import multi30k
-    return multi30k.prepare(out_dir=tmp_path_factory.mktemp('multi30k'), input_path=MULTI30K, vocab_size=500)
+    return multi30k.prepare(out_dir=tmp_path_factory.mktemp('multi30k'), input_path=source, vocab_size=500)
 
 
 def test_prepared_sentences_round_trip_through_the_tokenizer(multi30k_dir):
@@ -270,6 +268,7 @@ def run_training(data_dir, out_dir, **overrides):
     train.main([f'--{key}={value}' for key, value in {**settings, **overrides}.items()])
 
 
+@needs('sacrebleu')
 def test_training_evaluates_bleu_and_resumes_exactly(multi30k_dir, tmp_path):
     run_training(multi30k_dir, tmp_path / 'straight')
     run_training(multi30k_dir, tmp_path / 'resumed', max_iters=4)
@@ -288,6 +287,7 @@ def test_training_evaluates_bleu_and_resumes_exactly(multi30k_dir, tmp_path):
     sources = (multi30k_dir / 'val.de.txt').read_text(encoding='utf-8').splitlines()[:4]
     references = (multi30k_dir / 'val.en.txt').read_text(encoding='utf-8').splitlines()[:4]
     hypotheses = generate.translate(model, sources, tokenizer_from_meta(load_meta(multi30k_dir)))
+    import sacrebleu
     assert evals[-1]['bleu'] == pytest.approx(sacrebleu.corpus_bleu(hypotheses, [references]).score)
 
 
