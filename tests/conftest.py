@@ -75,6 +75,23 @@ def shakespeare_char_dir(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope='session')
+def shakespeare_bpe_dir(tmp_path_factory, gpt2_bpe):
+    """tiny Shakespeare in GPT-2's BPE (prepare/shakespeare.py), for test_prepare and test_metrics."""
+    from prepare import shakespeare
+    return shakespeare.prepare(out_dir=tmp_path_factory.mktemp('shakespeare'),
+                               input_path=mirror('tinyshakespeare', 'input.txt'))
+
+
+@pytest.fixture(scope='session')
+def multi30k_dir(tmp_path_factory):
+    """Multi30k prepared with a vocabulary of 500 (prepare/multi30k.py), for test_prepare and test_seq2seq."""
+    source = mirror('multi30k')
+    pytest.importorskip('tokenizers')
+    from prepare import multi30k
+    return multi30k.prepare(out_dir=tmp_path_factory.mktemp('multi30k'), input_path=source, vocab_size=500)
+
+
 # ---------------------------------------------------------------------------
 # Models
 

@@ -11,13 +11,12 @@ import pytest
 import prepare
 from configurator import UserError
 from conftest import ROOT, SHARED, needs
-from prepare import multi30k, openwebtext, shakespeare, shakespeare_char
+from prepare import multi30k, openwebtext, shakespeare_char
 from tokenizer import load_meta, tokenizer_from_meta
 
 SHAKESPEARE = SHARED / 'data' / 'tinyshakespeare' / 'input.txt'
 MULTI30K = SHARED / 'data' / 'multi30k'
 needs_shakespeare = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason=f'offline mirror {SHAKESPEARE} is absent')
-needs_multi30k = pytest.mark.skipif(not MULTI30K.is_dir(), reason=f'offline mirror {MULTI30K} is absent')
 
 
 def read_tokens(path, meta):
@@ -115,9 +114,8 @@ def test_script_reports_user_errors_on_one_line(tmp_path):
     assert 'missing.txt' in result.stderr
 
 
-@needs_shakespeare
-def test_shakespeare_bpe(tmp_path, gpt2_bpe):
-    out_dir = shakespeare.prepare(out_dir=tmp_path, input_path=SHAKESPEARE)
+def test_shakespeare_bpe(shakespeare_bpe_dir):
+    out_dir = shakespeare_bpe_dir
     meta = load_meta(out_dir)
     assert meta == {'vocab_size': 50257, 'dtype': 'uint16', 'tokenizer': {'kind': 'tiktoken', 'name': 'gpt2'}}
     tokenizer = tokenizer_from_meta(meta)
@@ -158,12 +156,10 @@ def test_openwebtext_rejects_a_missing_text_column(tmp_path, gpt2_bpe):
                             cache_dir=tmp_path / 'hf_cache')
 
 
-@needs_multi30k
-@needs('tokenizers')
-def test_multi30k(tmp_path):
-    out_dir = multi30k.prepare(out_dir=tmp_path, input_path=MULTI30K)
+def test_multi30k(multi30k_dir):
+    out_dir = multi30k_dir  # prepared once for this file and test_seq2seq, with a vocabulary of 500
     meta = load_meta(out_dir)
-    assert meta['vocab_size'] <= 16000 and meta['dtype'] == 'uint16'
+    assert meta['vocab_size'] <= 500 and meta['dtype'] == 'uint16'
     assert (meta['pad_id'], meta['bos_id'], meta['eos_id'], meta['unk_id']) == (0, 1, 2, 3)
     assert (meta['src_lang'], meta['tgt_lang']) == ('de', 'en')
     tokenizer = tokenizer_from_meta(meta)

@@ -13,7 +13,7 @@ import torch
 import generate
 import train
 from checkpoint import load_checkpoint, model_from_checkpoint
-from conftest import mirror, needs, widen
+from conftest import needs, widen
 from data import SentencePairs
 from model import Attention, Seq2SeqConfig, Seq2SeqTransformer
 from tokenizer import load_meta, tokenizer_from_meta
@@ -216,15 +216,7 @@ def test_cross_attention_keys_and_values_are_computed_once_per_sentence(monkeypa
 
 
 # ---------------------------------------------------------------------------
-# Data: the Multi30k mirror prepared with a small vocabulary
-
-
-@pytest.fixture(scope='module')
-def multi30k_dir(tmp_path_factory):
-    source = mirror('multi30k')
-    pytest.importorskip('tokenizers')
-    from prepare import multi30k
-    return multi30k.prepare(out_dir=tmp_path_factory.mktemp('multi30k'), input_path=source, vocab_size=500)
+# Data: the Multi30k mirror prepared with a small vocabulary (conftest.multi30k_dir)
 
 
 def test_prepared_sentences_round_trip_through_the_tokenizer(multi30k_dir):
