@@ -91,7 +91,7 @@ def test_sigkill_at_random_moments_never_breaks_the_checkpoint(shakespeare_char_
     for kill in range(4):
         mid_write = kill % 2 == 1
         resume = dict(init_from='resume') if kill else {}
-        process = start_training(shakespeare_char_dir, out_dir, log_path, slow_disk=0.3 if mid_write else 0.0,
+        process = start_training(shakespeare_char_dir, out_dir, log_path, slow_disk=0.5 if mid_write else 0.0,
                                  eval_interval=1, eval_iters=1, log_interval=100, **resume)
         wait_for_line(process, log_path, '^saving checkpoint')
         if mid_write:
