@@ -1,7 +1,8 @@
 """The CUDA paths themselves, where a GPU is present (skipped elsewhere; the CPU suite drives the same
 code with fake device queries): bf16 autocast with fused AdamW and the CUDA RNG through a resume,
-torch.compile on CUDA, float16 with its gradient scaler, NCCL DDP and FSDP on one GPU, pinned
-non-blocking batch copies, the KV cache and sample.py's bf16 weights on the GPU, the peak-FLOP table."""
+torch.compile on CUDA, float16 with its gradient scaler, NCCL DDP and FSDP on one GPU, FSDP's bf16
+mixed precision with compiled blocks, QK-norm and rotary positions under autocast, pinned non-blocking
+batch copies, the KV cache and sample.py's bf16 weights on the GPU, the peak FLOP/s of the GPU."""
 import subprocess
 import sys
 
@@ -12,10 +13,11 @@ import generate
 import sample
 import train
 from checkpoint import load_checkpoint
-from conftest import ROOT
+from conftest import ROOT, switches, widen
 from data import Batches
-from device import gpu_table_peak
-from test_device import random_tokens, tiny_gpt
+from device import gpu_table_peak, peak_flops
+from generate import KVCache
+from test_device import MatmulSpy, random_tokens, tiny_gpt
 from test_train import read_metrics, run_script, tiny_args, training_losses
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
@@ -31,8 +33,25 @@ def train_on_cuda(capsys, data_dir, out_dir, **overrides):
     return out
 
 
-def test_this_gpu_is_in_the_peak_flop_table():
-    assert gpu_table_peak(torch.cuda.get_device_name()) is not None, torch.cuda.get_device_name()
+def test_a_gpu_in_the_table_gets_its_data_sheet_peak():
+    name = torch.cuda.get_device_name()
+    if gpu_table_peak(name) is None:
+        pytest.skip(f'{name} is not in the peak FLOP/s table: its peak is measured (the next test)')
+    assert peak_flops('cuda', torch.bfloat16) == gpu_table_peak(name)
+    assert peak_flops('cuda', torch.float32) == gpu_table_peak(name) / 2  # TF32
+
+
+def test_a_gpu_missing_from_the_table_is_measured_with_large_random_matmuls_several_per_sync(monkeypatch):
+    """Small matrices, or a sync after each product, would measure launch and sync overhead, not the GPU."""
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'NVIDIA B200')  # not in the table
+    spy = MatmulSpy(monkeypatch)
+    rng = torch.get_rng_state(), torch.cuda.get_rng_state()
+    assert peak_flops('cuda', torch.bfloat16) > 1e12
+    assert torch.equal(torch.get_rng_state(), rng[0]) and torch.equal(torch.cuda.get_rng_state(), rng[1])
+    assert all(a.is_cuda and a.dtype == torch.bfloat16 and min(a.shape) >= 8192 for a in spy.operands)
+    assert spy.operands[0].float().std() > 0.5  # random, not constant: constant data multiplies faster
+    rounds = spy.syncs + [len(spy.operands)]
+    assert len(spy.syncs) >= 2 and all(end - start >= 8 for start, end in zip(rounds, rounds[1:]))
 
 
 def test_batches_reach_the_gpu_through_pinned_non_blocking_copies():
@@ -103,12 +122,51 @@ def full_float32_matmuls():
 
 
 def test_kv_cache_generation_equals_the_full_context_on_cuda(full_float32_matmuls):
-    model = tiny_gpt().cuda().eval()
-    prompt = random_tokens(1, 3).cuda()
+    model = widen(tiny_gpt()).cuda().eval()  # output that varies: a cache bug changes it
+    prompt = random_tokens(2, 3).cuda()
     with torch.no_grad():
         cached = generate.sample(model, prompt, 12, temperature=0.0, use_cache=True)
         uncached = generate.sample(model, prompt, 12, temperature=0.0, use_cache=False)
     assert torch.equal(cached, uncached)
+    assert switches(cached[:, 3:]).min() >= 5
+
+
+@pytest.mark.parametrize('dtype, tolerance', [(torch.bfloat16, 0.1), (torch.float16, 0.02)], ids=['bf16', 'fp16'])
+@pytest.mark.parametrize('fused', [True, False], ids=['fused', 'written-out'])
+def test_qk_norm_and_rotary_positions_under_autocast_follow_float32(full_float32_matmuls, dtype, tolerance, fused):
+    """Under autocast the heads come in bf16 or fp16, QK-norm and the rotation run in float32 and the values
+    stay in low precision (Attention.norm_heads): the attention, its backward and the KV cache's steps take
+    the mixed dtypes and give float32's numbers to low precision (logits of ~2 here)."""
+    model = widen(tiny_gpt(pos_emb='rope', qk_norm=True, norm='rmsnorm', n_kv_head=2, fused_attention=fused),
+                  std=0.1).cuda().eval()
+    x, y = random_tokens(4, 16).cuda(), random_tokens(4, 16, seed=2).cuda()
+    with torch.no_grad():
+        expected, _ = model(x, y)
+    with torch.autocast('cuda', dtype=dtype):
+        logits, loss = model(x, y)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    torch.testing.assert_close(logits.float(), expected, atol=tolerance, rtol=0)
+    with torch.no_grad(), torch.autocast('cuda', dtype=dtype):  # chunks through the cache, as decoding under autocast
+        cache = KVCache(max_len=16)
+        for start, end in ((0, 5), (5, 9), (9, 10), (10, 16)):
+            last, _ = model(x[:, start:end], cache=cache)
+            torch.testing.assert_close(last[:, -1].float(), expected[:, end - 1], atol=tolerance, rtol=0)
+
+
+def test_fsdp_bf16_mixed_precision_with_compiled_blocks_trains_as_plain_bf16(shakespeare_char_dir, tmp_path, capsys):
+    """fsdp=True in bf16 on a GPU: FSDP's MixedPrecisionPolicy (bf16 parameters in the forward and backward,
+    gradients reduced in float32, float32 master weights) around blocks compiled one by one
+    (sharding.shard_model), with QK-norm and rotary positions. It must learn as the plain compiled run does."""
+    common = dict(max_iters=8, eval_interval=8, dtype='bfloat16', compile=True, learning_rate=1e-2, warmup_iters=0,
+                  pos_emb='rope', qk_norm=True)
+    out = train_on_cuda(capsys, shakespeare_char_dir, tmp_path / 'fsdp', fsdp=True, **common)
+    assert 'fsdp over 1 ranks' in out
+    train_on_cuda(capsys, shakespeare_char_dir, tmp_path / 'plain', **common)
+    fsdp, plain = training_losses(tmp_path / 'fsdp'), training_losses(tmp_path / 'plain')
+    assert [fsdp[i] for i in range(1, 9)] == pytest.approx([plain[i] for i in range(1, 9)], abs=5e-2)
+    assert fsdp[8] < fsdp[1] - 0.3  # it learns
+    assert all(w.dtype == torch.float32 for w in load_checkpoint(str(tmp_path / 'fsdp'))['model'].values())
 
 
 def test_sample_py_runs_bf16_weights_on_the_gpu(shakespeare_char_dir, tmp_path, capsys):

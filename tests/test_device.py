@@ -1,5 +1,6 @@
 """device.py: the hardware choices and the speed-ups, each checked against the plain code."""
 import copy
+import platform
 
 import pytest
 import torch
@@ -55,7 +56,9 @@ def test_speed_ups_leave_a_float32_model_bit_identical(mlp):
     assert all(torch.equal(grads[name], fast_grads[name]) for name in grads)
 
 
-packs = pytest.mark.skipif(not device.packs_weights('cpu', 'float32'), reason="weights are packed on x86 CPUs with oneDNN only")
+# decided here, not by packs_weights: a packs_weights that wrongly said no would skip the tests meant to catch it
+X86_WITH_ONEDNN = platform.machine().lower() in ('x86_64', 'amd64') and torch.backends.mkldnn.is_available()
+packs = pytest.mark.skipif(not X86_WITH_ONEDNN, reason="weights are packed on x86 CPUs with oneDNN only")
 
 
 def packed_copy(model):
@@ -132,16 +135,17 @@ def test_float32_attention_under_cpu_autocast_is_the_plain_attention_of_float32_
     assert torch.equal(attention.attend(q, k, v, is_causal=True), F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
 
-def test_cuda_runs_without_cudnn_attention_and_other_devices_keep_it():
+def test_speed_up_for_cuda_turns_cudnn_attention_off_and_for_other_devices_keeps_it():
     """cuDNN's attention builds a plan per new shape: every step of generation has one (device.py)."""
+    device.speed_up(tiny_gpt(), 'cpu', 'float32')
     assert torch.backends.cuda.cudnn_sdp_enabled()
-    try:
-        device.speed_up(tiny_gpt(), 'cpu', 'float32')
-        assert torch.backends.cuda.cudnn_sdp_enabled()
-        device.speed_up(tiny_gpt(), 'cuda', 'bfloat16')  # (the model stays where it is: only the switch matters)
-        assert not torch.backends.cuda.cudnn_sdp_enabled()
-    finally:
-        torch.backends.cuda.enable_cudnn_sdp(True)
+    device.speed_up(tiny_gpt(), 'cuda', 'bfloat16')  # (the model stays where it is: only the switch matters)
+    assert not torch.backends.cuda.cudnn_sdp_enabled()
+    # left off for the whole process, as after any CUDA test: the next test checks that conftest puts it back
+
+
+def test_no_test_sees_the_cudnn_attention_setting_that_an_earlier_one_left():
+    assert torch.backends.cuda.cudnn_sdp_enabled()
 
 
 def test_speed_ups_are_applied_once_and_survive_a_deepcopy():
@@ -284,6 +288,7 @@ def test_any_cuda_device_becomes_the_current_one(monkeypatch):
 
 @pytest.mark.parametrize('name, flops', [
     ('NVIDIA H100 80GB HBM3', 989e12), ('NVIDIA H100 PCIe', 756e12), ('NVIDIA H100 NVL', 835e12),
+    ('NVIDIA H200', 989e12), ('NVIDIA H200 NVL', 835e12),
     ('NVIDIA L40', 181e12), ('NVIDIA L40S', 362e12), ('NVIDIA L4', 121e12), ('NVIDIA A100-SXM4-80GB', 312e12),
     ('NVIDIA A10G', 70e12), ('NVIDIA A10', 125e12), ('Tesla T4', 65e12), ('NVIDIA GeForce RTX 4090', 165e12),
     ('NVIDIA RTX A1000', None), ('NVIDIA RTX A6000', None), ('NVIDIA B200', None),
@@ -292,13 +297,59 @@ def test_gpu_names_match_whole_model_names_only(name, flops):
     assert device.gpu_table_peak(name) == flops
 
 
-def test_an_unknown_gpu_is_measured_with_large_matmuls_several_per_sync(monkeypatch):
-    fake_gpu(monkeypatch, (9, 0), name='NVIDIA B200')
+def test_a_gpu_missing_from_the_table_is_measured_and_a_known_one_is_not(monkeypatch):
     measured = []
-    monkeypatch.setattr(device, 'measured_peak_flops', lambda dev, dtype: measured.append(dev) or 1e15)
-    assert device.peak_flops('cuda', torch.bfloat16) == 1e15 and measured
-    n, repeats = device.PEAK_MATMULS['gpu']
-    assert n >= 8192 and repeats >= 8
+    monkeypatch.setattr(device, 'measured_peak_flops', lambda dev, dtype: measured.append((dev, dtype)) or 1e15)
+    fake_gpu(monkeypatch, (9, 0), name='NVIDIA B200')
+    assert device.peak_flops('cuda:1', torch.bfloat16) == 1e15
+    assert measured == [(torch.device('cuda:1'), torch.bfloat16)]  # on that GPU, in the dtype asked
+    fake_gpu(monkeypatch, (9, 0), name='NVIDIA H100 80GB HBM3')
+    assert device.peak_flops('cuda', torch.bfloat16) == 989e12
+    assert device.peak_flops('cuda', torch.float32) == 989e12 / 2  # TF32: half the bf16 rate
+    assert len(measured) == 1
+
+
+class MatmulSpy:
+    """Records each matrix product's operand and the number of products done at each device sync;
+    with `seconds`, a fake clock (device.time.perf_counter) advances that much per product."""
+
+    def __init__(self, monkeypatch, seconds=None):
+        self.operands, self.syncs, self.clock = [], [], 0.0
+        real_matmul, durations = torch.Tensor.__matmul__, iter(seconds or [])
+
+        def matmul(a, b):
+            self.operands.append(a)
+            self.clock += next(durations, 0.0)
+            return real_matmul(a, b)
+        def synchronize(dev, _real=device.synchronize):
+            self.syncs.append(len(self.operands))
+            _real(dev)
+        monkeypatch.setattr(torch.Tensor, '__matmul__', matmul)
+        monkeypatch.setattr(device, 'synchronize', synchronize)
+        if seconds is not None:
+            monkeypatch.setattr(device.time, 'perf_counter', lambda: self.clock)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_measured_peak_multiplies_random_data_and_leaves_the_global_rng_alone(monkeypatch, dtype):
+    """Constant matrices multiply faster than real ones (on a GPU, ~10%): the peak must be measured on
+    random ones, drawn without moving the random stream that a resumed run has just restored."""
+    monkeypatch.setitem(device.PEAK_MATMULS, 'cpu', (64, 2))
+    spy = MatmulSpy(monkeypatch)
+    before = torch.get_rng_state()
+    assert device.measured_peak_flops('cpu', dtype) > 0
+    assert torch.equal(torch.get_rng_state(), before)
+    a = spy.operands[0]
+    assert a.shape == (64, 64) and a.dtype == dtype
+    assert a.float().std() > 0.5  # N(0, 1), not a constant
+
+
+def test_measured_peak_is_2n3_over_the_best_rounds_time_per_matmul(monkeypatch):
+    """Four rounds of `repeats` products, a sync before each: the clock reads only finished work."""
+    monkeypatch.setitem(device.PEAK_MATMULS, 'cpu', (32, 3))
+    spy = MatmulSpy(monkeypatch, seconds=[4e-3] * 3 + [2e-3] * 3 + [3e-3] * 3 + [5e-3] * 3)  # a fake clock
+    assert device.measured_peak_flops('cpu', torch.float32) == pytest.approx(2 * 32 ** 3 / 2e-3)
+    assert spy.syncs == [0, 3, 6, 9] and len(spy.operands) == 12
 
 
 def test_cpu_peak_is_measured_in_the_dtype_asked():

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from configurator import UserError
+from conftest import needs
 from data import LabelledSentences, MaskedSentences, MASK_SEED_BITS
 from model import GPT, Encoder, EncoderConfig, GPTConfig
 from prepare import mlm_corpus, sst2
@@ -41,6 +42,9 @@ def review_lines(n_sentences):
 def corpus_dir(tmp_path_factory):
     """3,000 sentences of the movie reviews (and the blank lines between reviews) with three SST-2 dev
     sentences slipped in (one recased, one respaced)."""
+    if not (REVIEWS.is_file() and SST2.is_dir()):
+        pytest.skip('offline mirrors absent')
+    pytest.importorskip('tokenizers')
     raw = tmp_path_factory.mktemp('raw')
     lines = review_lines(3000)
     dev = dev_sentences()
@@ -57,6 +61,7 @@ def sst2_dir(corpus_dir, tmp_path_factory):
 
 # --- tokenizer ---------------------------------------------------------------
 
+@needs('tokenizers')
 def test_tokenizer_is_lowercase_with_the_five_special_tokens():
     tokenizer = MaskedLMTokenizer.train(['a gorgeous , witty , seductive movie .', 'this movie is bad .'] * 20, 80)
     assert tokenizer.special_ids() == {'pad_id': 0, 'unk_id': 1, 'cls_id': 2, 'sep_id': 3, 'mask_id': 4}
@@ -70,6 +75,7 @@ def test_tokenizer_is_lowercase_with_the_five_special_tokens():
     assert isinstance(rebuilt, MaskedLMTokenizer) and rebuilt.encode(text) == tokenizer.encode(text)
 
 
+@needs('tokenizers')
 def test_tokenizer_reads_english_as_the_penn_treebank_writes_it():
     """Unlabelled text writes "doesn't", SST-2 "does n't": both must give the same ids."""
     tokenizer = MaskedLMTokenizer.train(["it doesn't work , it's bad . `` yes '' . . . i can't"] * 20
@@ -88,6 +94,7 @@ def test_tokenizer_reads_english_as_the_penn_treebank_writes_it():
     assert gpt_vocab.decode(gpt_vocab.encode("It doesn't work, café.")) == "It doesn't work, café."
 
 
+@needs('tokenizers')
 def test_tokenizer_strips_accents_as_bert_uncased_does():
     """The movie reviews are plain ASCII; SST-2 writes "naïveté": accents are stripped, not [UNK]."""
     tokenizer = MaskedLMTokenizer.train(['the naivete of a cafe .'] * 20, 60)
@@ -362,6 +369,7 @@ def write_tsv(folder, name, rows):
     (folder / f'{name}.tsv').write_text('sentence\tlabel\n' + ''.join(f'{s}\t{label}\n' for s, label in rows))
 
 
+@needs('tokenizers')
 def test_sst2_learns_its_own_vocabulary_and_adds_phrases(tmp_path, capsys):
     raw = tmp_path / 'raw'
     write_tsv(raw, 'train', [('a witty movie .', 1), ('a dull movie .', 0)])

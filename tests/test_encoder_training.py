@@ -26,6 +26,7 @@ TINY = dict(model_type='encoder', n_layer=2, n_head=2, n_embd=32, block_size=32,
 @pytest.fixture(scope='module')
 def corpus_dir(tmp_path_factory):
     """1,500 sentences of the movie reviews, prepared by prepare/mlm_corpus.py with a small vocabulary."""
+    pytest.importorskip('tokenizers')
     raw = tmp_path_factory.mktemp('raw')
     (raw / 'reviews.txt').write_text('\n'.join(review_lines(1500)) + '\n', encoding='utf-8')
     return mlm_corpus.prepare(out_dir=tmp_path_factory.mktemp('corpus'), input_path=raw, vocab_size=400,

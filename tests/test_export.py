@@ -11,7 +11,7 @@ import train
 from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from model import GPT, GPTConfig, Seq2SeqConfig, Seq2SeqTransformer
 from test_train import run_script, tiny_args
-from tokenizer import TiktokenTokenizer, tokenizer_from_state
+from tokenizer import tokenizer_from_state
 
 transformers = pytest.importorskip('transformers')
 
@@ -58,7 +58,7 @@ def char_export(shakespeare_char_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def bpe_export(tmp_path_factory):
+def bpe_export(tmp_path_factory, gpt2_bpe):
     """(out_dir, export folder) of a GPT-2 BPE model with the padded vocabulary of 50304."""
     out_dir = tmp_path_factory.mktemp('bpe_run')
     save_random_checkpoint(out_dir, GPT2_BPE, vocab_size=50304, block_size=16)
@@ -110,11 +110,11 @@ def test_char_tokenizer_round_trips_our_ids(char_export):
     assert theirs.decode(ids) == text
 
 
-def test_bpe_tokenizer_gives_tiktokens_ids(bpe_export):
+def test_bpe_tokenizer_gives_tiktokens_ids(bpe_export, gpt2_bpe):
     _, folder = bpe_export
     theirs = transformers.AutoTokenizer.from_pretrained(str(folder))
     assert type(theirs).__name__ in ('GPT2TokenizerFast', 'GPT2Tokenizer')  # 'Fast' dropped in transformers 5
-    ours = TiktokenTokenizer('gpt2')
+    ours = gpt2_bpe
     for text in TEXTS:
         ids = theirs(text)['input_ids']
         assert ids == ours.encode(text), text

@@ -1,29 +1,30 @@
 """fsdp=True (FSDP2 over Gloo on the CPU) and its sharded DCP checkpoints: the same losses as one
 process and as DDP, resumption on the same and on a different number of ranks, a torn checkpoint
-write, sample.py and export.py reading the sharded checkpoint, parameters halved over 2 ranks."""
+write, sample.py and export.py reading the sharded checkpoint, parameters halved over 2 ranks.
+
+Three runs are shared by the tests of this file (and DDP's with test_train, conftest.ddp_run): 8 steps on
+one process, the reference for every other run; 4 steps on one process and 4 on two, whose checkpoints
+the tests resume in copies of their folders."""
+import contextlib
+import io
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import pytest
+import torch
 
+import conftest
 import export
 import sample
 import train
-from checkpoint import load_checkpoint
-from conftest import ROOT
+from checkpoint import load_checkpoint, model_from_checkpoint
+from conftest import COMMON
 from test_train import read_metrics, run_script, tiny_args, training_losses
-
-# float32, no dropout: every run takes the same steps on the same global batches
-COMMON = dict(gradient_accumulation_steps=2, eval_interval=4, learning_rate=1e-2, warmup_iters=0, eval_iters=2)
 
 
 def torchrun(data_dir, out_dir, **settings):
-    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py',
-               *tiny_args(data_dir, out_dir, **{**COMMON, **settings})]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    result = conftest.torchrun('train.py', tiny_args(data_dir, out_dir, **{**COMMON, **settings}))
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -43,72 +44,117 @@ def parameter_bytes(out):
     return int(re.search(r'rank 0 holds ([\d,]+) bytes of parameters', out)[1].replace(',', ''))
 
 
-def test_fsdp_matches_one_process_and_ddp_and_resumes_on_other_rank_counts(shakespeare_char_dir, tmp_path, capsys):
-    straight, fsdp2, ddp2, fsdp1 = (tmp_path / name for name in ('straight', 'fsdp2', 'ddp2', 'fsdp1'))
-    out = one_process(capsys, shakespeare_char_dir, straight, max_iters=8, fsdp=True)
-    bytes_one = parameter_bytes(out)
-    out = torchrun(shakespeare_char_dir, fsdp2, max_iters=4, fsdp=True)
-    assert parameter_bytes(out) == pytest.approx(bytes_one / 2, rel=0.01)  # each rank holds half
+def trained_here(data_dir, out_dir, **settings):
+    """(out_dir, what train.py printed) of a run in this process, for the module's shared runs."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        train.main(tiny_args(data_dir, out_dir, **{**COMMON, **settings}))
+    return out_dir, printed.getvalue()
+
+
+@pytest.fixture(scope='module')
+def straight(shakespeare_char_dir, tmp_path_factory):
+    """8 steps of FSDP on one process, never stopped: the losses every other run must give."""
+    return trained_here(shakespeare_char_dir, tmp_path_factory.mktemp('straight'), max_iters=8, fsdp=True)
+
+
+@pytest.fixture(scope='module')
+def one_rank_at_4(shakespeare_char_dir, tmp_path_factory):
+    """Its first 4 steps, run apart: a sharded checkpoint written by one rank."""
+    return trained_here(shakespeare_char_dir, tmp_path_factory.mktemp('one_rank'), max_iters=4, fsdp=True)[0]
+
+
+@pytest.fixture(scope='module')
+def two_ranks_at_4(shakespeare_char_dir, tmp_path_factory):
+    """(out_dir, stdout) of 4 steps of FSDP on two processes: a sharded checkpoint written by two ranks."""
+    out_dir = tmp_path_factory.mktemp('two_ranks')
+    return out_dir, torchrun(shakespeare_char_dir, out_dir, max_iters=4, fsdp=True)
+
+
+def copy_of(run_dir, tmp_path):
+    """A run's folder to resume in, leaving the shared one as it is (ckpt.dcp links to its directory by name)."""
+    return shutil.copytree(run_dir, tmp_path / 'run', symlinks=True)
+
+
+def test_fsdp_on_two_ranks_matches_one_process_and_ddp_with_half_the_parameters_each(straight, two_ranks_at_4,
+                                                                                      ddp_run):
+    (fsdp2, out), (reference, reference_out) = two_ranks_at_4, straight
+    assert parameter_bytes(out) == pytest.approx(parameter_bytes(reference_out) / 2, rel=0.01)  # each rank half
     assert os.path.isdir(fsdp2 / 'ckpt.dcp') and not os.path.exists(fsdp2 / 'ckpt.pt')
-    torchrun(shakespeare_char_dir, ddp2, max_iters=4)
-    expected = losses(straight, 1, 4)
-    assert losses(fsdp2, 1, 4) == pytest.approx(expected, rel=1e-5)
-    assert losses(ddp2, 1, 4) == pytest.approx(expected, rel=1e-5)
-    # a 2-rank checkpoint resumed on 1 rank, a 1-rank one on 2: the same next losses
-    out = one_process(capsys, shakespeare_char_dir, fsdp2, max_iters=8, fsdp=True, init_from='resume')
-    assert f'resuming from {fsdp2}/ckpt.dcp at iteration 4' in out
-    one_process(capsys, shakespeare_char_dir, fsdp1, max_iters=4, fsdp=True)
-    torchrun(shakespeare_char_dir, fsdp1, max_iters=8, fsdp=True, init_from='resume')
-    assert losses(fsdp2, 5, 8) == pytest.approx(losses(straight, 5, 8), rel=1e-5)
-    assert losses(fsdp1, 5, 8) == pytest.approx(losses(straight, 5, 8), rel=1e-5)
-    # the same number of ranks: bit-identical
-    shutil.rmtree(fsdp1)
-    one_process(capsys, shakespeare_char_dir, fsdp1, max_iters=4, fsdp=True)
-    one_process(capsys, shakespeare_char_dir, fsdp1, max_iters=8, fsdp=True, init_from='resume')
-    assert losses(fsdp1, 5, 8) == losses(straight, 5, 8)
-    # a plain run resumes from the sharded checkpoint too (read whole on one process)
-    shutil.rmtree(fsdp1)
-    one_process(capsys, shakespeare_char_dir, fsdp1, max_iters=4, fsdp=True)
-    one_process(capsys, shakespeare_char_dir, fsdp1, max_iters=8, init_from='resume')
-    assert losses(fsdp1, 5, 8) == pytest.approx(losses(straight, 5, 8), rel=1e-5)
+    assert losses(fsdp2, 1, 4) == pytest.approx(losses(reference, 1, 4), rel=1e-5)
+    assert losses(ddp_run[0], 1, 4) == pytest.approx(losses(reference, 1, 4), rel=1e-5)
 
 
-def test_torn_checkpoint_write_leaves_the_last_complete_one(shakespeare_char_dir, tmp_path, capsys):
+def test_a_two_rank_checkpoint_resumes_on_one_rank(shakespeare_char_dir, straight, two_ranks_at_4, tmp_path, capsys):
+    run = copy_of(two_ranks_at_4[0], tmp_path)
+    out = one_process(capsys, shakespeare_char_dir, run, max_iters=8, fsdp=True, init_from='resume')
+    assert f'resuming from {run}/ckpt.dcp at iteration 4' in out
+    assert losses(run, 5, 8) == pytest.approx(losses(straight[0], 5, 8), rel=1e-5)
+
+
+def test_a_one_rank_checkpoint_resumes_on_two_ranks(shakespeare_char_dir, straight, one_rank_at_4, tmp_path):
+    run = copy_of(one_rank_at_4, tmp_path)
+    torchrun(shakespeare_char_dir, run, max_iters=8, fsdp=True, init_from='resume')
+    assert losses(run, 5, 8) == pytest.approx(losses(straight[0], 5, 8), rel=1e-5)
+
+
+def test_resuming_on_the_same_number_of_ranks_is_bit_identical(shakespeare_char_dir, straight, one_rank_at_4, tmp_path,
+                                                               capsys):
+    run = copy_of(one_rank_at_4, tmp_path)
+    one_process(capsys, shakespeare_char_dir, run, max_iters=8, fsdp=True, init_from='resume')
+    assert losses(run, 5, 8) == losses(straight[0], 5, 8)
+
+
+def test_a_plain_run_resumes_from_a_sharded_checkpoint(shakespeare_char_dir, straight, one_rank_at_4, tmp_path, capsys):
+    """Read whole on one process, without FSDP."""
+    run = copy_of(one_rank_at_4, tmp_path)
+    one_process(capsys, shakespeare_char_dir, run, max_iters=8, init_from='resume')
+    assert losses(run, 5, 8) == pytest.approx(losses(straight[0], 5, 8), rel=1e-5)
+
+
+def test_torn_checkpoint_write_leaves_the_last_complete_one(shakespeare_char_dir, one_rank_at_4, tmp_path, capsys):
     """A kill while the shards are written: the new directory lacks its metadata (written last) and the
     ckpt.dcp link still points at the previous checkpoint, which the next run resumes from."""
-    one_process(capsys, shakespeare_char_dir, tmp_path, max_iters=4, fsdp=True)
-    complete = os.path.realpath(tmp_path / 'ckpt.dcp')
-    torn = tmp_path / '.ckpt-dcp-8'
+    run = copy_of(one_rank_at_4, tmp_path)
+    complete = os.path.realpath(run / 'ckpt.dcp')
+    torn = run / '.ckpt-dcp-8'
     shutil.copytree(complete, torn)
     os.remove(torn / '.metadata')
-    assert load_checkpoint(str(tmp_path))['iter_num'] == 4
-    out = one_process(capsys, shakespeare_char_dir, tmp_path, max_iters=8, fsdp=True, init_from='resume')
+    assert load_checkpoint(str(run))['iter_num'] == 4
+    out = one_process(capsys, shakespeare_char_dir, run, max_iters=8, fsdp=True, init_from='resume')
     assert 'at iteration 4' in out
-    assert load_checkpoint(str(tmp_path), weights=False)['iter_num'] == 8
-    assert sorted(os.listdir(tmp_path)) == ['.ckpt-dcp-8', 'ckpt.dcp', 'metrics.jsonl']  # the torn one replaced
+    assert load_checkpoint(str(run), weights=False)['iter_num'] == 8
+    assert sorted(os.listdir(run)) == ['.ckpt-dcp-8', 'ckpt.dcp', 'metrics.jsonl']  # the torn one replaced
 
 
-def test_sample_and_export_read_a_sharded_checkpoint(shakespeare_char_dir, tmp_path, capsys):
-    one_process(capsys, shakespeare_char_dir, tmp_path, max_iters=4, fsdp=True)
-    status, out, err = run_script(capsys, sample.main, [f'--out_dir={tmp_path}', '--device=cpu', '--num_samples=1',
-                                                        '--max_new_tokens=10', '--temperature=0.0'])
+def test_sample_and_export_read_a_sharded_checkpoint_as_the_unsharded_model(two_ranks_at_4, ddp_run, tmp_path, capsys):
+    """The 2-rank FSDP run's checkpoint against the DDP run's ckpt.pt, the same model to float rounding:
+    sampled text (which every logit sways) and the exported model's logits."""
+    (sharded, _), (unsharded, _) = two_ranks_at_4, ddp_run
+    texts = []
+    for out_dir in (sharded, unsharded):
+        status, out, err = run_script(capsys, sample.main, [f'--out_dir={out_dir}', '--device=cpu', '--num_samples=2',
+                                                            '--max_new_tokens=40', '--temperature=1.0', '--seed=7'])
+        assert status == 0, err
+        texts.append(out)
+    assert texts[0] == texts[1] and len(set(texts[0])) > 10
+    transformers = pytest.importorskip('transformers')
+    status, out, err = run_script(capsys, export.main, [f'--out_dir={sharded}', f'--to={tmp_path / "hf"}'])
     assert status == 0, err
-    assert out.strip()
-    pytest.importorskip('safetensors')
-    status, out, err = run_script(capsys, export.main, [f'--out_dir={tmp_path}', f'--to={tmp_path / "hf"}'])
-    assert status == 0, err
-    assert (tmp_path / 'hf' / 'model.safetensors').exists()
+    exported = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / 'hf')).eval()
+    model = model_from_checkpoint(load_checkpoint(str(unsharded))).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(exported(ids).logits, model(ids, targets=ids)[0], atol=1e-4, rtol=0)
 
 
-def test_init_from_a_sharded_run_starts_from_its_weights(shakespeare_char_dir, tmp_path, capsys):
+def test_init_from_a_sharded_run_starts_from_its_weights(shakespeare_char_dir, one_rank_at_4, tmp_path, capsys):
     """init_from=<an FSDP run's out_dir> reads its ckpt.dcp on one process: the fine-tune's first
     evaluation is the source's last (the same weights, the same evaluation batches)."""
-    source, tuned = tmp_path / 'source', tmp_path / 'tuned'
-    one_process(capsys, shakespeare_char_dir, source, max_iters=4, fsdp=True)
-    assert os.path.islink(source / 'ckpt.dcp') and not (source / 'ckpt.pt').exists()
-    one_process(capsys, shakespeare_char_dir, tuned, max_iters=2, eval_interval=2, init_from=str(source))
-    last = [m for m in read_metrics(source) if 'val_loss' in m][-1]
-    first = [m for m in read_metrics(tuned) if 'val_loss' in m][0]
+    assert os.path.islink(one_rank_at_4 / 'ckpt.dcp') and not (one_rank_at_4 / 'ckpt.pt').exists()
+    one_process(capsys, shakespeare_char_dir, tmp_path, max_iters=2, eval_interval=2, init_from=str(one_rank_at_4))
+    last = [m for m in read_metrics(one_rank_at_4) if 'val_loss' in m][-1]
+    first = [m for m in read_metrics(tmp_path) if 'val_loss' in m][0]
     assert first['iter'] == 0 and first['val_loss'] == pytest.approx(last['val_loss'], rel=1e-6)
 
 

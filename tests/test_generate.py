@@ -6,11 +6,12 @@ import torch
 
 import generate
 import sample
+from conftest import switches, widen
 from generate import KVCache
 from model import GPT, GPTConfig
 from test_sample import SEPARATOR, sample_args, trained_dir  # noqa: F401 (a fixture)
 from test_train import run_script
-from tokenizer import CharTokenizer, TiktokenTokenizer
+from tokenizer import CharTokenizer
 
 EOT = 50256
 
@@ -42,11 +43,6 @@ def printed(capsys, script, stop, tokenizer, max_new_tokens=20, num_samples=1):
     capsys.readouterr()
     sample.generate_text(cfg, ScriptedModel(script), tokenizer, 'x', 'cpu')
     return capsys.readouterr().out
-
-
-@pytest.fixture(scope='module')
-def gpt2_bpe():
-    return TiktokenTokenizer('gpt2')
 
 
 def test_stops_at_the_end_of_text_token_by_default(capsys, gpt2_bpe):
@@ -112,11 +108,13 @@ def test_each_row_stops_on_its_own_and_leaves_the_batch():
 
 def test_a_batch_of_greedy_rows_equals_each_row_alone():
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=32, block_size=24, n_layer=2, n_head=2, n_embd=32)).eval()
+    model = widen(GPT(GPTConfig(vocab_size=32, block_size=24, n_layer=2, n_head=2, n_embd=32)).eval())
     prompts = torch.randint(0, 32, (3, 5), generator=torch.Generator().manual_seed(1))
     batched = model.generate(prompts, 25, temperature=0)  # 30 > block_size: crosses the window too
     for row in range(3):
         assert torch.equal(batched[row], model.generate(prompts[row:row + 1], 25, temperature=0)[0])
+    # each row's output moves from token to token, and the rows differ: a row given another's context shows
+    assert switches(batched[:, 5:]).min() >= 5 and len({tuple(row.tolist()) for row in batched[:, 5:]}) == 3
     rows = {}
     for row, token in generate.sample_rows(model, prompts[:1], 4, 25, temperature=0.0):
         rows.setdefault(row, []).append(token)

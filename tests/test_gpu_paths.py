@@ -6,8 +6,6 @@ import itertools
 import json
 import signal
 import socket
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,7 +15,7 @@ import model
 import train
 from checkpoint import load_checkpoint, save_checkpoint
 from configurator import configure
-from conftest import ROOT
+from conftest import torchrun
 from test_device import fake_gpu
 from test_train import read_metrics, run_script, tiny_args
 
@@ -40,11 +38,6 @@ def one_rank_ddp(monkeypatch):
     yield
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-
-
-def torchrun(script, args, timeout=180):
-    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', script, *args]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 class SyncCounter:

@@ -8,7 +8,7 @@ import pytest
 
 import plot
 import train
-from conftest import SHARED
+from conftest import needs
 from test_train import ITER_LINE, STEP_LINE, read_metrics, run_script, tiny_args
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
@@ -85,6 +85,7 @@ def test_plot_keeps_the_last_record_of_each_iteration(tmp_path, capsys):
     assert capsys.readouterr().err == f"warning: skipped 1 unreadable line(s) of {tmp_path / 'metrics.jsonl'}\n"
 
 
+@needs('matplotlib')
 def test_plot_writes_a_png_of_two_runs(runs, tmp_path, capsys):
     output = tmp_path / 'loss.png'
     status, out, err = run_script(capsys, plot.main, [str(folder) for folder in runs] + [f'--output={output}'])
@@ -130,16 +131,13 @@ def test_bits_per_byte_of_a_character_model_is_its_loss_over_ln2(shakespeare_cha
     assert ', val bpb ' in out
 
 
-def test_bits_per_byte_of_a_bpe_model_follows_its_tokens_per_byte(tmp_path, capsys):
-    from prepare import shakespeare
-    from tokenizer import TiktokenTokenizer
-    data_dir = tmp_path / 'shakespeare'
-    shakespeare.prepare(out_dir=str(data_dir), input_path=str(SHARED / 'data' / 'tinyshakespeare' / 'input.txt'))
+def test_bits_per_byte_of_a_bpe_model_follows_its_tokens_per_byte(shakespeare_bpe_dir, gpt2_bpe, tmp_path, capsys):
     out_dir = tmp_path / 'out'
-    status, _, err = run_script(capsys, train.main, tiny_args(data_dir, out_dir, max_iters=2, eval_interval=2))
+    status, _, err = run_script(capsys, train.main, tiny_args(shakespeare_bpe_dir, out_dir, max_iters=2,
+                                                              eval_interval=2))
     assert status == 0, err
-    val = np.fromfile(data_dir / 'val.bin', dtype=np.uint16)
-    text_bytes = len(TiktokenTokenizer('gpt2').decode(val.tolist()).encode('utf-8'))
+    val = np.fromfile(shakespeare_bpe_dir / 'val.bin', dtype=np.uint16)
+    text_bytes = len(gpt2_bpe.decode(val.tolist()).encode('utf-8'))
     assert 0.2 < len(val) / text_bytes < 0.4  # GPT-2 BPE: ~3-4 bytes a token on English
     for record in val_records(out_dir):
         assert record['val_bpb'] == pytest.approx(record['val_loss'] * len(val) / text_bytes / math.log(2), rel=1e-12)

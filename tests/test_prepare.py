@@ -1,7 +1,6 @@
 import collections
 import gzip
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,20 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / 'shared'
+import prepare
+from configurator import UserError
+from conftest import ROOT, SHARED, needs
+from prepare import multi30k, openwebtext, shakespeare_char
+from tokenizer import load_meta, tokenizer_from_meta
+
 SHAKESPEARE = SHARED / 'data' / 'tinyshakespeare' / 'input.txt'
 MULTI30K = SHARED / 'data' / 'multi30k'
-if (SHARED / 'tiktoken_cache').is_dir():  # lets tiktoken load 'gpt2' without internet
-    os.environ.setdefault('TIKTOKEN_CACHE_DIR', str(SHARED / 'tiktoken_cache'))
-
-import prepare  # noqa: E402
-from configurator import UserError  # noqa: E402
-from prepare import multi30k, openwebtext, shakespeare, shakespeare_char  # noqa: E402
-from tokenizer import TiktokenTokenizer, load_meta, tokenizer_from_meta  # noqa: E402
-
 needs_shakespeare = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason=f'offline mirror {SHAKESPEARE} is absent')
-needs_multi30k = pytest.mark.skipif(not MULTI30K.is_dir(), reason=f'offline mirror {MULTI30K} is absent')
 
 
 def read_tokens(path, meta):
@@ -114,15 +108,14 @@ def test_failed_run_leaves_existing_files_untouched(monkeypatch, tmp_path):
 
 def test_script_reports_user_errors_on_one_line(tmp_path):
     result = subprocess.run([sys.executable, 'prepare/shakespeare_char.py', '--input', str(tmp_path / 'missing.txt'),
-                             '--out_dir', str(tmp_path / 'out')], cwd=REPO_ROOT, capture_output=True, text=True)
+                             '--out_dir', str(tmp_path / 'out')], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.startswith('error: ') and result.stderr.count('\n') == 1
     assert 'missing.txt' in result.stderr
 
 
-@needs_shakespeare
-def test_shakespeare_bpe(tmp_path):
-    out_dir = shakespeare.prepare(out_dir=tmp_path, input_path=SHAKESPEARE)
+def test_shakespeare_bpe(shakespeare_bpe_dir):
+    out_dir = shakespeare_bpe_dir
     meta = load_meta(out_dir)
     assert meta == {'vocab_size': 50257, 'dtype': 'uint16', 'tokenizer': {'kind': 'tiktoken', 'name': 'gpt2'}}
     tokenizer = tokenizer_from_meta(meta)
@@ -132,7 +125,7 @@ def test_shakespeare_bpe(tmp_path):
     assert tokenizer.decode(train) + tokenizer.decode(val) == SHAKESPEARE.read_text(encoding='utf-8')
 
 
-def test_openwebtext_on_a_local_corpus(tmp_path):
+def test_openwebtext_on_a_local_corpus(tmp_path, gpt2_bpe):
     pytest.importorskip('datasets')
     documents = [f'Document {i}: ' + 'some words ' * (i % 17) + 'ünïcode 🙂\n\nend.' for i in range(200)]
     documents[7] = 'a literal <|endoftext|> inside a document is plain text'
@@ -145,18 +138,17 @@ def test_openwebtext_on_a_local_corpus(tmp_path):
     meta = load_meta(out_dir)
     assert meta['tokenizer'] == {'kind': 'tiktoken', 'name': 'gpt2'} and meta['dtype'] == 'uint16'
 
-    gpt2 = TiktokenTokenizer('gpt2')
-    expected = collections.Counter(tuple(gpt2.encode_ordinary(text)) for text in documents)
+    expected = collections.Counter(tuple(gpt2_bpe.encode_ordinary(text)) for text in documents)
     found = collections.Counter()
     for split in ('train', 'val'):
         tokens = read_tokens(out_dir / f'{split}.bin', meta).tolist()
-        assert tokens[-1] == gpt2.eot_token  # every document ends with <|endoftext|>
-        docs = ' '.join(map(str, tokens[:-1])).split(f' {gpt2.eot_token} ')
+        assert tokens[-1] == gpt2_bpe.eot_token  # every document ends with <|endoftext|>
+        docs = ' '.join(map(str, tokens[:-1])).split(f' {gpt2_bpe.eot_token} ')
         found.update(tuple(map(int, doc.split())) for doc in docs)
     assert found == expected  # each document exactly once, in train or val
 
 
-def test_openwebtext_rejects_a_missing_text_column(tmp_path):
+def test_openwebtext_rejects_a_missing_text_column(tmp_path, gpt2_bpe):
     pytest.importorskip('datasets')
     (tmp_path / 'corpus.jsonl').write_text('{"body": "hello"}\n{"body": "world"}\n')
     with pytest.raises(UserError, match='--text_column'):
@@ -164,11 +156,10 @@ def test_openwebtext_rejects_a_missing_text_column(tmp_path):
                             cache_dir=tmp_path / 'hf_cache')
 
 
-@needs_multi30k
-def test_multi30k(tmp_path):
-    out_dir = multi30k.prepare(out_dir=tmp_path, input_path=MULTI30K)
+def test_multi30k(multi30k_dir):
+    out_dir = multi30k_dir  # prepared once for this file and test_seq2seq, with a vocabulary of 500
     meta = load_meta(out_dir)
-    assert meta['vocab_size'] <= 16000 and meta['dtype'] == 'uint16'
+    assert meta['vocab_size'] <= 500 and meta['dtype'] == 'uint16'
     assert (meta['pad_id'], meta['bos_id'], meta['eos_id'], meta['unk_id']) == (0, 1, 2, 3)
     assert (meta['src_lang'], meta['tgt_lang']) == ('de', 'en')
     tokenizer = tokenizer_from_meta(meta)
@@ -196,6 +187,7 @@ def write_multi30k_folder(folder, n_de=3, n_en=3):
         (folder / f'{stem}.en').write_text(''.join(f'A dog number {i}.\n' for i in range(n_en)))
 
 
+@needs('tokenizers')
 def test_multi30k_on_uncompressed_files(tmp_path):
     write_multi30k_folder(tmp_path / 'raw')
     out_dir = multi30k.prepare(out_dir=tmp_path / 'out', input_path=tmp_path / 'raw', vocab_size=60)

@@ -17,7 +17,7 @@ import checkpoint
 import sample
 import train
 from checkpoint import load_checkpoint, save_checkpoint
-from conftest import ROOT
+from conftest import ROOT, needs
 from test_train import file_bytes, run_script, tiny_args
 
 TEMP_FILE = re.compile(r'^\.ckpt\.pt\.tmp\d+$')  # save_checkpoint's temporary name, ignored by load_checkpoint
@@ -40,11 +40,24 @@ def run_dir(trained_dir, tmp_path):
 # Killed runs and failing writes
 
 
-def start_training(data_dir, out_dir, log_path, **overrides):
+# train.py with every fsync `seconds` longer, as on a slow disk: a checkpoint's temporary file then stays open
+# long enough to be seen and killed in the middle of its write
+SLOW_DISK = ("import os, runpy, sys, time; fsync = os.fsync; os.fsync = lambda fd: (time.sleep({seconds}), fsync(fd))[1]; "
+             "sys.argv = sys.argv[1:]; runpy.run_path('train.py', run_name='__main__')")
+
+
+def start_training(data_dir, out_dir, log_path, slow_disk=0.0, **overrides):
     """train.py as a subprocess with its output going to log_path, long enough to be stopped."""
     args = tiny_args(data_dir, out_dir, **{'max_iters': 100_000, **overrides})
+    script = ['-c', SLOW_DISK.format(seconds=slow_disk), 'train.py'] if slow_disk else ['train.py']
     with open(log_path, 'w') as log:
-        return subprocess.Popen([sys.executable, 'train.py', *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen([sys.executable, *script, *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop(process, log_path, message):
+    process.kill()
+    process.wait()
+    pytest.fail(f'{message}:\n{log_path.read_text()[-2000:]}')
 
 
 def wait_for_line(process, log_path, pattern, timeout=90):
@@ -56,35 +69,35 @@ def wait_for_line(process, log_path, pattern, timeout=90):
             return match
         assert process.poll() is None, f'training exited early:\n{log_path.read_text()[-2000:]}'
         time.sleep(0.05)
-    process.kill()
-    process.wait()
-    pytest.fail(f'no line matching {pattern!r} within {timeout} s:\n{log_path.read_text()[-2000:]}')
+    stop(process, log_path, f'no line matching {pattern!r} within {timeout} s')
 
 
-def wait_for_temp_file(process, out_dir, timeout=60):
+def wait_for_temp_file(process, out_dir, log_path, timeout=60):
     """Return as soon as a checkpoint is being written (its temporary file exists)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         if any(TEMP_FILE.match(name) for name in os.listdir(out_dir)):
             return
-        time.sleep(0.001)
+        time.sleep(0.005)
+    stop(process, log_path, f'no checkpoint write began within {timeout} s')
 
 
-def test_sigkill_at_random_moments_never_breaks_the_checkpoint(shakespeare_char_dir, tmp_path):
-    """A checkpoint at every iteration; every other kill lands at a random moment, the rest
-    the moment a checkpoint write has begun."""
+def test_sigkill_at_random_moments_never_breaks_the_checkpoint(shakespeare_char_dir, tmp_path, capsys):
+    """A checkpoint at every iteration; every other kill lands at a random moment, the rest in the middle
+    of a checkpoint write (on a slow disk, where the write is seen and killed before it ends)."""
     out_dir, log_path = tmp_path / 'out', tmp_path / 'log.txt'
     delays = random.Random(0)
     last_iter = 0
-    for kill in range(5):
+    for kill in range(4):
+        mid_write = kill % 2 == 1
         resume = dict(init_from='resume') if kill else {}
-        process = start_training(shakespeare_char_dir, out_dir, log_path, eval_interval=1, eval_iters=1,
-                                 log_interval=100, **resume)
+        process = start_training(shakespeare_char_dir, out_dir, log_path, slow_disk=0.5 if mid_write else 0.0,
+                                 eval_interval=1, eval_iters=1, log_interval=100, **resume)
         wait_for_line(process, log_path, '^saving checkpoint')
-        if kill % 2:
-            wait_for_temp_file(process, out_dir)
+        if mid_write:
+            wait_for_temp_file(process, out_dir, log_path)
         else:
-            time.sleep(delays.uniform(0.2, 2.0))
+            time.sleep(delays.uniform(0.1, 1.0))
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
         saved = load_checkpoint(str(out_dir))
@@ -92,11 +105,13 @@ def test_sigkill_at_random_moments_never_breaks_the_checkpoint(shakespeare_char_
         last_iter = saved['iter_num']
         leftovers = set(os.listdir(out_dir)) - {'ckpt.pt', 'metrics.jsonl'}
         assert all(TEMP_FILE.match(name) for name in leftovers), leftovers
-    process = start_training(shakespeare_char_dir, out_dir, log_path, init_from='resume', eval_interval=1,
-                             eval_iters=1, max_iters=last_iter + 1)
-    assert process.wait(timeout=90) == 0, log_path.read_text()[-2000:]
-    assert f'resuming from {out_dir}/ckpt.pt at iteration {last_iter}' in log_path.read_text()
+        assert leftovers or not mid_write  # the unfinished write's file: the kill did land in the middle of it
+    status, out, err = run_script(capsys, train.main, tiny_args(shakespeare_char_dir, out_dir, init_from='resume',
+                                                                eval_interval=1, eval_iters=1, max_iters=last_iter + 1))
+    assert status == 0, err
+    assert f'resuming from {out_dir}/ckpt.pt at iteration {last_iter}' in out
     assert load_checkpoint(str(out_dir))['iter_num'] == last_iter + 1
+    assert set(os.listdir(out_dir)) == {'ckpt.pt', 'metrics.jsonl'}  # the killed write's file removed
 
 
 def test_a_failing_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -250,6 +265,7 @@ def tiny_translation_dataset(folder):
     return multi30k.prepare(out_dir=folder / 'translation', input_path=raw, vocab_size=60)
 
 
+@needs('tokenizers')  # to prepare the translation data
 def test_resuming_a_gpt_checkpoint_as_seq2seq_is_an_error(run_dir, tmp_path, capsys):
     dataset = tiny_translation_dataset(tmp_path)
     args = tiny_args(dataset, run_dir, init_from='resume', model_type='seq2seq')

@@ -4,7 +4,8 @@ import torch
 
 import generate
 import sample
-from checkpoint import save_checkpoint
+from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from conftest import widen
 from model import Encoder, EncoderConfig
 from test_train import run_script
 from tokenizer import MaskedLMTokenizer
@@ -15,14 +16,16 @@ SENTENCES = ['a gorgeous , witty , seductive movie .', 'the plot is a dull mess 
 
 @pytest.fixture(scope='module')
 def tokenizer():
+    pytest.importorskip('tokenizers')
     return MaskedLMTokenizer.train(SENTENCES, vocab_size=120)
 
 
 def write_checkpoint(out_dir, tokenizer, n_classes, **extra):
+    """A random encoder's checkpoint; its weights wide, so that its labels differ from sentence to sentence."""
     torch.manual_seed(0)
     config = EncoderConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16,
                            n_classes=n_classes, pad_id=tokenizer.pad_id)
-    model = Encoder(config)
+    model = widen(Encoder(config), std=1.0)
     save_checkpoint({'model': model.state_dict(), 'model_args': dict(vars(config)), 'model_type': 'encoder',
                      'iter_num': 7, 'tokenizer': tokenizer.state(), 'elapsed': 60.0, **extra}, out_dir)
     return model.eval()
@@ -34,8 +37,21 @@ def args(out_dir, **settings):
 
 @pytest.fixture
 def classifier_dir(tmp_path, tokenizer):
-    write_checkpoint(tmp_path, tokenizer, 2, label_names=['0', '1'])
+    write_checkpoint(tmp_path, tokenizer, 2, label_names=['negative', 'positive'])
     return tmp_path
+
+
+def own_labels(out_dir, tokenizer, sentences):
+    """(label name, probability) of each sentence, read alone by the checkpoint's model: what sample.py must print."""
+    checkpoint = load_checkpoint(str(out_dir))
+    model = model_from_checkpoint(checkpoint).eval()
+    labels = []
+    for sentence in sentences:
+        with torch.no_grad():
+            logits, _ = model(torch.tensor([[tokenizer.cls_id, *tokenizer.encode(sentence), tokenizer.sep_id]]))
+        p = logits[0].softmax(dim=-1)
+        labels.append((checkpoint['label_names'][int(p.argmax())], float(p.max())))
+    return labels
 
 
 def test_fill_mask_prints_the_likeliest_tokens_of_each_mask(tmp_path, tokenizer, capsys):
@@ -57,9 +73,10 @@ def test_a_file_gets_exactly_one_label_per_line_and_the_accuracy(classifier_dir,
     status, out, err = run_script(capsys, sample.main, args(classifier_dir, start=f'FILE:{sentences}'))
     assert status == 0, err
     labels = out.splitlines()
-    assert len(labels) == len(SENTENCES) and set(labels) <= {'0', '1'}
+    assert labels == [label for label, _ in own_labels(classifier_dir, tokenizer, SENTENCES)]
+    assert set(labels) == {'negative', 'positive'}  # both: a label printed for the wrong line would show
     references = tmp_path / 'labels.txt'
-    references.write_text('\n'.join(['1', '0'] * (len(SENTENCES) // 2)) + '\n')
+    references.write_text('\n'.join(['positive', 'negative'] * (len(SENTENCES) // 2)) + '\n')
     status, out2, err = run_script(capsys, sample.main, args(classifier_dir, start=f'FILE:{sentences}',
                                                              reference=str(references)))
     assert status == 0 and out2 == out
@@ -68,11 +85,13 @@ def test_a_file_gets_exactly_one_label_per_line_and_the_accuracy(classifier_dir,
     assert 'parameters' in err and 'trained 1.0 min' in err
 
 
-def test_one_sentence_gets_its_label_and_probability(classifier_dir, capsys):
-    status, out, _ = run_script(capsys, sample.main, args(classifier_dir, start='a gorgeous , witty , seductive movie .'))
+@pytest.mark.parametrize('sentence', SENTENCES[:4])
+def test_one_sentence_gets_its_label_and_probability(classifier_dir, tokenizer, capsys, sentence):
+    status, out, _ = run_script(capsys, sample.main, args(classifier_dir, start=sentence))
     assert status == 0
-    label, rest = out.strip().split(' ', 1)
-    assert label in ('0', '1') and rest.startswith('(probability 0.')
+    label, probability = out.strip().removesuffix(')').split(' (probability ')
+    expected_label, expected_probability = own_labels(classifier_dir, tokenizer, [sentence])[0]
+    assert label == expected_label and float(probability) == pytest.approx(expected_probability, abs=1e-3)
 
 
 def test_labels_do_not_depend_on_the_batch(classifier_dir, tokenizer):

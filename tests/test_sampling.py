@@ -2,46 +2,69 @@
 mid-epoch) and align_documents=True (rows begin at document starts, documents packed to fill them)."""
 import pickle
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 import train
-from conftest import ROOT
+from conftest import torchrun
 from data import EpochSampler, TokenStream, document_starts, eot_id, pack_documents
+from test_gpu_paths import make_trainer
 from test_train import run_script, tiny_args, training_losses
 
 
-def global_batches_by_rank(stream, sampler, world, iters, batch_size=4, accum=2):
-    """What the ranks of a run take from each global batch, as train.Trainer.micro_batches does:
-    rows.view(accum, batch_size)[rank * accum / world ...]. Returns the rows seen, in order."""
-    seen = []
-    for _ in range(iters):
-        rows = stream.sample('train', batch_size * accum, sampler)
-        for rank in range(world):
-            share = accum // world
-            seen.append(rows.view(accum, batch_size)[rank * share:(rank + 1) * share].reshape(-1))
-    return torch.cat(seen)
+@pytest.fixture(scope='module')
+def small_char_dir(shakespeare_char_dir, tmp_path_factory):
+    """tiny Shakespeare cut to 60 windows of 33 characters: an epoch of 15 iterations at 4 rows."""
+    out = tmp_path_factory.mktemp('small_char')
+    shutil.copy(shakespeare_char_dir / 'meta.pkl', out)
+    shutil.copy(shakespeare_char_dir / 'val.bin', out)
+    np.fromfile(shakespeare_char_dir / 'train.bin', dtype=np.uint16)[:60 * 33 + 5].tofile(out / 'train.bin')
+    return out
 
 
-@pytest.mark.parametrize('world', [1, 2])
-def test_epoch_sampling_visits_every_window_once_per_epoch(shakespeare_char_dir, world):
-    stream = TokenStream(str(shakespeare_char_dir), block_size=256, device='cpu')
-    n = stream.num_rows('train')
-    assert n == len(stream.splits['train']) // 257
-    sampler = EpochSampler(n, seed=1337)
-    seen = global_batches_by_rank(stream, sampler, world, iters=-(-2 * n // 8))  # two epochs and a bit
-    every_window = torch.arange(n) * 257
+def rows_by_rank(trainer, world, steps):
+    """The row offsets that each of `world` ranks trains on in each of `steps` steps, as Trainer.micro_batches
+    takes them from the global batch: [step][rank] -> its rows. Each rank draws from a sampler of its own,
+    seeded alike, as each process of a run does."""
+    trainer.data.batch = lambda split, rows: rows  # hand back the rows themselves instead of their tokens
+    taken = [[] for _ in range(steps)]
+    for rank in range(world):
+        trainer.rank, trainer.world = rank, world
+        trainer.accum = trainer.cfg.gradient_accumulation_steps // world
+        trainer.data_rng = EpochSampler(trainer.data.num_rows('train'), trainer.cfg.seed)
+        for step in taken:
+            micro_batches, _ = trainer.micro_batches()
+            step.append(torch.cat([rows for _, rows, _ in micro_batches]))
+    return taken
+
+
+@pytest.fixture
+def epoch_trainer(small_char_dir, tmp_path):
+    """A Trainer of sampling='epoch' over small_char_dir's 60 rows, 8 rows a step in 4 micro-batches."""
+    return make_trainer(small_char_dir, tmp_path, sampling='epoch', batch_size=2, gradient_accumulation_steps=4)
+
+
+def test_epoch_sampling_visits_every_window_once_per_epoch(epoch_trainer):
+    n = epoch_trainer.data.num_rows('train')
+    assert n == 60
+    seen = torch.cat([ranks[0] for ranks in rows_by_rank(epoch_trainer, 1, steps=16)])  # two epochs and a bit
+    every_window = torch.arange(n) * 33  # block_size + 1 tokens apart
     first, second = seen[:n], seen[n:2 * n]
     assert torch.equal(first.sort().values, every_window)  # each non-overlapping window exactly once
     assert torch.equal(second.sort().values, every_window)
     assert not torch.equal(first, second)  # each epoch has its own order
-    assert sampler.epoch == 2
-    # the same rows whatever the number of ranks
-    assert torch.equal(seen, global_batches_by_rank(stream, EpochSampler(n, seed=1337), 3 - world, len(seen) // 8))
+    assert epoch_trainer.data_rng.epoch == 2
+
+
+@pytest.mark.parametrize('world', [2, 4])
+def test_the_ranks_train_on_the_rows_of_one_process_whatever_their_number(epoch_trainer, world):
+    """Each rank takes its own share of the global batch: together, in each step, one process's rows."""
+    one_process = rows_by_rank(epoch_trainer, 1, steps=16)
+    for alone, ranks in zip(one_process, rows_by_rank(epoch_trainer, world, steps=16)):
+        assert [len(rows) for rows in ranks] == [8 // world] * world
+        assert torch.equal(torch.cat(ranks).sort().values, alone[0].sort().values)
 
 
 def test_epoch_sampler_resumes_from_its_state():
@@ -55,16 +78,6 @@ def test_epoch_sampler_resumes_from_its_state():
     assert torch.equal(torch.cat(part + [resumed.draw(4) for _ in range(3)]), expected)
     with pytest.raises(ValueError):
         EpochSampler(11, seed=3).set_state(first.get_state())
-
-
-@pytest.fixture(scope='module')
-def small_char_dir(shakespeare_char_dir, tmp_path_factory):
-    """tiny Shakespeare cut to 60 windows of 33 characters: an epoch of 15 iterations at 4 rows."""
-    out = tmp_path_factory.mktemp('small_char')
-    shutil.copy(shakespeare_char_dir / 'meta.pkl', out)
-    shutil.copy(shakespeare_char_dir / 'val.bin', out)
-    np.fromfile(shakespeare_char_dir / 'train.bin', dtype=np.uint16)[:60 * 33 + 5].tofile(out / 'train.bin')
-    return out
 
 
 def test_epoch_run_stopped_mid_epoch_resumes_exactly(small_char_dir, tmp_path, capsys):
@@ -88,9 +101,7 @@ def test_epoch_sampling_on_two_processes_matches_one(small_char_dir, tmp_path, c
     common = dict(sampling='epoch', max_iters=10, eval_interval=100, gradient_accumulation_steps=2, batch_size=4,
                   learning_rate=1e-2, warmup_iters=0)  # 8 rows a step: epoch 1 begins in step 8
     assert run_script(capsys, train.main, tiny_args(small_char_dir, single, **common))[0] == 0
-    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py',
-               *tiny_args(small_char_dir, ddp, **common)]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    result = torchrun('train.py', tiny_args(small_char_dir, ddp, **common))
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count('epoch 1 begins in iteration 8') == 1  # rank 0 only
     expected, actual = training_losses(single), training_losses(ddp)
@@ -158,10 +169,9 @@ def test_aligned_rows_all_begin_at_a_document_start(tmp_path):
     assert torch.equal(stream.sample('train', n, EpochSampler(n, 0)).sort().values, torch.arange(n))
 
 
-def test_align_documents_needs_a_separator(shakespeare_char_dir, tmp_path, capsys):
+def test_align_documents_needs_a_separator(shakespeare_char_dir, gpt2_bpe, tmp_path, capsys):
     assert eot_id(None) == 50256  # no meta.pkl: GPT-2 BPE, as nanoGPT's openwebtext
     from prepare import tokenizer_meta
-    from tokenizer import TiktokenTokenizer
-    assert eot_id(tokenizer_meta(TiktokenTokenizer('gpt2'))) == 50256
+    assert eot_id(tokenizer_meta(gpt2_bpe)) == 50256
     status, _, err = run_script(capsys, train.main, tiny_args(shakespeare_char_dir, tmp_path, align_documents=True))
     assert status != 0 and 'end-of-text' in err

@@ -8,18 +8,16 @@ memorise eight sentence pairs: it ends its translations with <eos>, at various l
 import json
 
 import pytest
-import sacrebleu
 import torch
 
 import generate
 import train
 from checkpoint import load_checkpoint, model_from_checkpoint
-from conftest import SHARED
+from conftest import needs, widen
 from data import SentencePairs
 from model import Attention, Seq2SeqConfig, Seq2SeqTransformer
 from tokenizer import load_meta, tokenizer_from_meta
 
-MULTI30K = SHARED / 'data' / 'multi30k'
 PAD, BOS, EOS = 0, 1, 2  # Seq2SeqConfig's defaults, and what prepare/multi30k.py assigns
 VOCAB = 40
 MAX_NEW_TOKENS = 12
@@ -30,12 +28,7 @@ def tiny_model(seed=0, **overrides):
     torch.manual_seed(seed)
     settings = dict(vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=32, dropout=0.0,
                     src_block_size=16, tgt_block_size=16, label_smoothing=0.0)
-    model = Seq2SeqTransformer(Seq2SeqConfig(**{**settings, **overrides}))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.3)
-    return model.eval()
+    return widen(Seq2SeqTransformer(Seq2SeqConfig(**{**settings, **overrides}))).eval()
 
 
 def random_tokens(*shape, seed=1):
@@ -223,15 +216,7 @@ def test_cross_attention_keys_and_values_are_computed_once_per_sentence(monkeypa
 
 
 # ---------------------------------------------------------------------------
-# Data: the Multi30k mirror prepared with a small vocabulary
-
-
-@pytest.fixture(scope='module')
-def multi30k_dir(tmp_path_factory):
-    if not MULTI30K.is_dir():
-        pytest.skip(f'offline mirror {MULTI30K} is absent')
-    from prepare import multi30k
-    return multi30k.prepare(out_dir=tmp_path_factory.mktemp('multi30k'), input_path=MULTI30K, vocab_size=500)
+# Data: the Multi30k mirror prepared with a small vocabulary (conftest.multi30k_dir)
 
 
 def test_prepared_sentences_round_trip_through_the_tokenizer(multi30k_dir):
@@ -275,6 +260,7 @@ def run_training(data_dir, out_dir, **overrides):
     train.main([f'--{key}={value}' for key, value in {**settings, **overrides}.items()])
 
 
+@needs('sacrebleu')
 def test_training_evaluates_bleu_and_resumes_exactly(multi30k_dir, tmp_path):
     run_training(multi30k_dir, tmp_path / 'straight')
     run_training(multi30k_dir, tmp_path / 'resumed', max_iters=4)
@@ -293,6 +279,7 @@ def test_training_evaluates_bleu_and_resumes_exactly(multi30k_dir, tmp_path):
     sources = (multi30k_dir / 'val.de.txt').read_text(encoding='utf-8').splitlines()[:4]
     references = (multi30k_dir / 'val.en.txt').read_text(encoding='utf-8').splitlines()[:4]
     hypotheses = generate.translate(model, sources, tokenizer_from_meta(load_meta(multi30k_dir)))
+    import sacrebleu
     assert evals[-1]['bleu'] == pytest.approx(sacrebleu.corpus_bleu(hypotheses, [references]).score)
 
 

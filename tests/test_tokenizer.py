@@ -9,6 +9,7 @@ if (SHARED / 'tiktoken_cache').is_dir():  # lets tiktoken load 'gpt2' without in
     os.environ.setdefault('TIKTOKEN_CACHE_DIR', str(SHARED / 'tiktoken_cache'))
 
 from configurator import UserError  # noqa: E402
+from conftest import needs  # noqa: E402
 from tokenizer import (CharTokenizer, SubwordTokenizer, TiktokenTokenizer, load_meta,  # noqa: E402
                        tokenizer_from_meta, tokenizer_from_state)
 
@@ -24,6 +25,7 @@ SENTENCES = [
 
 @pytest.fixture(scope='module')
 def subword():
+    pytest.importorskip('tokenizers')
     return SubwordTokenizer.train(SENTENCES * 10, vocab_size=120)
 
 
@@ -44,6 +46,7 @@ def test_char_unknown_character_is_a_user_error():
     assert '\n' not in message
 
 
+@pytest.mark.usefixtures('gpt2_bpe')
 def test_tiktoken_gpt2():
     tokenizer = TiktokenTokenizer()
     assert tokenizer.vocab_size == 50257
@@ -70,14 +73,12 @@ def test_subword_encode_batch_matches_encode(subword):
     assert subword.encode_batch(SENTENCES) == [subword.encode(s) for s in SENTENCES]
 
 
-@pytest.mark.parametrize('make', [
-    lambda: CharTokenizer.from_text('hello world'),
-    lambda: TiktokenTokenizer('gpt2'),
-    lambda: SubwordTokenizer.train(SENTENCES, vocab_size=80),
-])
-def test_state_round_trip_survives_a_weights_only_checkpoint(make, tmp_path):
+@pytest.mark.parametrize('kind', ['char', 'tiktoken', pytest.param('subword', marks=needs('tokenizers'))])
+def test_state_round_trip_survives_a_weights_only_checkpoint(kind, request, tmp_path):
     torch = pytest.importorskip('torch')
-    tokenizer = make()
+    tokenizer = {'char': lambda: CharTokenizer.from_text('hello world'),
+                 'tiktoken': lambda: request.getfixturevalue('gpt2_bpe'),
+                 'subword': lambda: SubwordTokenizer.train(SENTENCES, vocab_size=80)}[kind]()
     torch.save({'tokenizer': tokenizer.state()}, tmp_path / 'ckpt.pt')
     state = torch.load(tmp_path / 'ckpt.pt', weights_only=True)['tokenizer']
     assert state['kind'] in ('char', 'tiktoken', 'subword')
@@ -103,6 +104,7 @@ def test_legacy_nanogpt_meta_gives_a_char_tokenizer():
     assert tokenizer.decode(tokenizer.encode('not to be')) == 'not to be'
 
 
+@pytest.mark.usefixtures('gpt2_bpe')
 def test_meta_with_tokenizer_state():
     tokenizer = tokenizer_from_meta({'vocab_size': 50257, 'dtype': 'uint16',
                                      'tokenizer': {'kind': 'tiktoken', 'name': 'gpt2'}})

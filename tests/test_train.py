@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ import torch
 import train
 from checkpoint import load_checkpoint
 from configurator import run_cli
-from conftest import ROOT
+from conftest import COMMON, ROOT, torchrun
 from data import TokenStream
 
 # Tiny models gain nothing from threads, and on a busy 2-core machine the threads' synchronisation
@@ -149,41 +150,38 @@ def test_gradient_accumulation_equals_a_larger_batch(shakespeare_char_dir, tmp_p
     assert [actual[i] for i in range(1, 6)] == pytest.approx([expected[i] for i in range(1, 6)], abs=1e-6)
 
 
-def test_ddp_on_two_processes_matches_one_process(shakespeare_char_dir, tmp_path, capsys):
+def test_ddp_on_two_processes_matches_one_process(shakespeare_char_dir, ddp_run, tmp_path, capsys):
     """Gloo on the CPU. gradient_accumulation_steps is the total over all processes, so the
     two runs take the same steps on the same global batches."""
-    single, ddp = tmp_path / 'single', tmp_path / 'ddp'
-    common = dict(max_iters=4, eval_interval=100, gradient_accumulation_steps=2, learning_rate=1e-2, warmup_iters=0)
-    assert run_script(capsys, train.main, tiny_args(shakespeare_char_dir, single, **common))[0] == 0
-    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py',
-               *tiny_args(shakespeare_char_dir, ddp, **common)]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stderr[-2000:]
-    iter_lines = [line for line in result.stdout.splitlines() if line.startswith('iter ')]
+    ddp, out = ddp_run
+    assert run_script(capsys, train.main, tiny_args(shakespeare_char_dir, tmp_path, max_iters=4, **COMMON))[0] == 0
+    iter_lines = [line for line in out.splitlines() if line.startswith('iter ')]
     assert [line.split(':')[0] for line in iter_lines] == ['iter 1', 'iter 2', 'iter 3', 'iter 4']  # rank 0 only
-    expected, actual = training_losses(single), training_losses(ddp)
+    expected, actual = training_losses(tmp_path), training_losses(ddp)
     assert sorted(actual) == [1, 2, 3, 4]
     assert [actual[i] for i in range(1, 5)] == pytest.approx([expected[i] for i in range(1, 5)], abs=1e-5)
     assert load_checkpoint(str(ddp))['iter_num'] == 4
 
 
 def run_torchrun(data_dir, out_dir, **settings):
-    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py',
-               *tiny_args(data_dir, out_dir, **settings)]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    result = torchrun('train.py', tiny_args(data_dir, out_dir, **settings))
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 
 
 def test_ddp_resumed_run_continues_exactly(shakespeare_char_dir, tmp_path):
-    """Under torchrun too, stopping and resuming changes nothing: each rank gets back its RNG state."""
+    """Under torchrun too, stopping and resuming changes nothing: each rank gets back its RNG state.
+    The run stopped at iteration 3 is the straight run's checkpoint of iteration 3 (kept by keep_last),
+    in a folder of its own: one launch fewer than running the first half again."""
     straight, split = tmp_path / 'straight', tmp_path / 'split'
     common = dict(gradient_accumulation_steps=2, dropout=0.1, eval_interval=3)
-    run_torchrun(shakespeare_char_dir, straight, max_iters=6, **common)
-    run_torchrun(shakespeare_char_dir, split, max_iters=3, **common)
+    run_torchrun(shakespeare_char_dir, straight, max_iters=6, keep_last=1, **common)
+    split.mkdir()
+    shutil.copy(straight / 'ckpt-3.pt', split / 'ckpt.pt')  # without metrics.jsonl: the losses below are the resumed run's
     out = run_torchrun(shakespeare_char_dir, split, max_iters=6, init_from='resume', **common)
     assert 'at iteration 3' in out
     expected, resumed = training_losses(straight), training_losses(split)
+    assert sorted(resumed) == [4, 5, 6]
     assert [resumed[i] for i in range(4, 7)] == [expected[i] for i in range(4, 7)]  # bit-identical
 
 
