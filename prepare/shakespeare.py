@@ -11,8 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python prepare/<name>.py` finds the repo's modules
 
 from configurator import run_cli
-from prepare import default_out_dir, make_arg_parser, tokenizer_meta, write_train_val
-from prepare.shakespeare_char import read_text, split_train_val
+from prepare import default_out_dir, make_arg_parser, read_shakespeare, split_train_val, tokenizer_meta, write_train_val
 from tokenizer import TiktokenTokenizer
 
 NAME = 'shakespeare'
@@ -23,7 +22,7 @@ def prepare(out_dir=None, input_path=None):
     out_dir = Path(out_dir or default_out_dir(NAME))
     tokenizer = TiktokenTokenizer('gpt2')
     # split the text, not the tokens, so no token straddles the train/val boundary
-    train_text, val_text = split_train_val(read_text(out_dir, input_path))
+    train_text, val_text = split_train_val(read_shakespeare(out_dir, input_path))
     train_ids = tokenizer.encode_ordinary(train_text)
     val_ids = tokenizer.encode_ordinary(val_text)
     meta = tokenizer_meta(tokenizer)

@@ -11,38 +11,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python prepare/<name>.py` finds the repo's modules
 
 from configurator import run_cli
-from errors import UserError
-from prepare import default_out_dir, find_input, make_arg_parser, tokenizer_meta, write_train_val
+from prepare import default_out_dir, make_arg_parser, read_shakespeare, split_train_val, tokenizer_meta, write_train_val
 from tokenizer import CharTokenizer
 
 NAME = 'shakespeare_char'
-URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
-MIRROR = 'tinyshakespeare/input.txt'
-TRAIN_FRACTION = 0.9
-
-
-def read_text(out_dir, input_path=None):
-    """The Tiny Shakespeare text (also used by prepare/shakespeare.py)."""
-    path = find_input(URL, out_dir, MIRROR, input_path)
-    try:
-        text = path.read_text(encoding='utf-8')
-    except UnicodeDecodeError as e:
-        raise UserError(f'the input file {path} is not UTF-8 text ({e})') from None
-    if not text:
-        raise UserError(f'the input file {path} is empty')
-    return text
-
-
-def split_train_val(sequence):
-    """The first TRAIN_FRACTION of `sequence` for training, the rest for validation."""
-    n = int(len(sequence) * TRAIN_FRACTION)
-    return sequence[:n], sequence[n:]
 
 
 def prepare(out_dir=None, input_path=None):
     """Write train.bin, val.bin and meta.pkl into `out_dir` and return that folder."""
     out_dir = Path(out_dir or default_out_dir(NAME))
-    text = read_text(out_dir, input_path)
+    text = read_shakespeare(out_dir, input_path)
     tokenizer = CharTokenizer.from_text(text)
     train_ids, val_ids = split_train_val(tokenizer.encode(text))
     # stoi and itos keep the file readable by the original nanoGPT

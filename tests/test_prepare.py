@@ -63,7 +63,7 @@ def test_shakespeare_char_falls_back_to_the_mirror(monkeypatch, tmp_path):
 
 def test_downloaded_input_is_used(monkeypatch, tmp_path):
     def fake_download(url, path):
-        assert url == shakespeare_char.URL
+        assert url == prepare.SHAKESPEARE_URL
         path.write_text('to be or not to be\n')
     monkeypatch.setattr(prepare, 'download', fake_download)
     shakespeare_char.prepare(out_dir=tmp_path)
@@ -74,7 +74,7 @@ def test_downloaded_input_is_used(monkeypatch, tmp_path):
 def test_missing_input_is_a_user_error_naming_the_option(offline, tmp_path):
     with pytest.raises(UserError) as error:
         shakespeare_char.prepare(out_dir=tmp_path / 'out')
-    assert '--input' in str(error.value) and shakespeare_char.URL in str(error.value)
+    assert '--input' in str(error.value) and prepare.SHAKESPEARE_URL in str(error.value)
     with pytest.raises(UserError, match='--input'):
         multi30k.prepare(out_dir=tmp_path / 'out')
 
