@@ -32,8 +32,8 @@ import generate
 import train
 from configurator import configure, run_cli
 from errors import UserError
-from data import Batches
-from device import PackedLinear, pack_for_inference, synchronize
+from data import Batches, data_folder, prepare_if_missing
+from device import PackedLinear, one_token_steps, pack_for_inference, synchronize
 from model import Seq2SeqTransformer
 from tokenizer import load_meta
 
@@ -64,7 +64,7 @@ class RandomBatches(Batches):
         self.vocab_size, self.block_size = config.vocab_size, block_size
         self.generator = torch.Generator().manual_seed(0)
 
-    def sample(self, split, n_rows, generator):
+    def draw(self, split, n_rows, generator):
         return torch.arange(n_rows)  # the rows carry no information: batch() draws the tokens
 
     def num_targets(self, split, rows):
@@ -96,9 +96,9 @@ class BenchTrainer(train.Trainer):
                 return super().load_data()
             except UserError as e:
                 raise UserError(f"{e}; or measure on random tokens: --real_data=False") from None
-        data_dir = train.data_folder(self.cfg)
+        data_dir = data_folder(self.cfg.dataset)
         # small known datasets only: their meta sets the vocabulary
-        train.prepare_if_missing(self.cfg, data_dir, self.master)
+        prepare_if_missing(self.cfg.dataset, self.cfg.model_type, self.rank, self.ranks.local_rank, self.device)
         meta = load_meta(data_dir)
         if meta is None and self.cfg.model_type == 'seq2seq':
             raise UserError(f"{data_dir}/meta.pkl not found: a seq2seq model takes its special token ids from it")
@@ -163,6 +163,7 @@ def measure_sampling(trainer, sample_tokens, sample_rows, sample_rounds, packed_
     model = copy.deepcopy(trainer.raw_model).to(trainer.ptdtype).eval()
     if packed_weights:
         pack_for_inference(model, trainer.device_type, trainer.dtype)
+    one_token_steps(model)  # as sample.py runs it
     new_tokens = min(sample_tokens, model.config.block_size - 1)  # past the block the cache is not used
     for use_cache in (True, False):  # warm-up: first calls pay for allocations
         greedy(model, trainer.device, min(new_tokens, 8), use_cache)

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from errors import UserError
-from model import GPT, Encoder, EncoderConfig, GPTConfig, Seq2SeqConfig, Seq2SeqTransformer
+from model import GPT, Encoder, EncoderConfig, GPTConfig, Seq2SeqConfig, Seq2SeqTransformer, config_fields
+from optim import restore_optimizers
 from tokenizer import TiktokenTokenizer, hf_tokenizer, load_meta, tokenizer_from_meta
 
 MODEL_CLASSES = {'gpt': (GPT, GPTConfig), 'seq2seq': (Seq2SeqTransformer, Seq2SeqConfig), 'encoder': (Encoder, EncoderConfig)}
@@ -81,7 +82,7 @@ def load_checkpoint(out_dir, weights=True):
             raise unreadable(dcp, e) from None
         if any(key not in checkpoint for key in REQUIRED_KEYS if weights or key != 'model'):
             raise UserError(f"{dcp} is not a checkpoint of this project (it lacks {', '.join(REQUIRED_KEYS)})")
-        return checkpoint
+        return upgraded(checkpoint)
     if not os.path.exists(path):
         raise UserError(f"no checkpoint at {path}: train a model first, or point --out_dir at a run's folder")
     try:  # mmap: tensors are read from the file as they are used, so N ranks resuming do not hold N copies in RAM
@@ -90,6 +91,23 @@ def load_checkpoint(out_dir, weights=True):
         raise unreadable(path, e) from None
     if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in REQUIRED_KEYS):
         raise UserError(f"{path} is not a checkpoint of this project (it lacks {', '.join(REQUIRED_KEYS)})")
+    return upgraded(checkpoint)
+
+
+def upgraded(checkpoint):
+    """A checkpoint of an earlier version, as this one reads it: the settings since removed dropped where
+    they had their default (rdrop, a training setting, whatever it was), weights renamed since renamed."""
+    args = checkpoint['model_args']
+    args.pop('rdrop', None)
+    defaults = {'rope_theta': 10000.0, 'tie_embeddings': True, 'share_embeddings': True,
+                'n_kv_head': args.get('n_kv_head') if args.get('n_kv_head') in (0, args.get('n_head')) else 0}
+    for key, default in defaults.items():
+        value = args.pop(key, default)
+        if value != default:
+            raise UserError(f"the checkpoint's model was trained with {key}={value}, an option this version no longer has")
+    renamed = {'mlm_head.decoder.weight': 'mlm_head.out_proj.weight'}
+    if 'model' in checkpoint and any(name in checkpoint['model'] for name in renamed):
+        checkpoint['model'] = {renamed.get(k, k): v for k, v in checkpoint['model'].items()}
     return checkpoint
 
 
@@ -255,6 +273,8 @@ def save_sharded(out_dir, model, optimizers, extra, keep_last=0):
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    from distributed import rank0_decides
     name = rank0_decides(lambda: fresh_dcp_name(out_dir, extra['iter_num']))
     model_state, optim_state = get_state_dict(model, optimizers)
     dcp.save({'model': model_state, 'optimizer': optim_state, 'extra': pickled(extra)},
@@ -293,26 +313,6 @@ def switch_link(out_dir, name):
     os.symlink(name, tmp)
     os.replace(tmp, link)
     fsync_dir(out_dir)
-
-
-def rank0_decides(decide):
-    """decide() run on rank 0 alone and its result given to every rank, so that no two ranks take different
-    branches (a shared filesystem may show them different things). Without a process group: decide().
-    A UserError on rank 0 is raised on every rank."""
-    import torch.distributed as dist
-    if not dist.is_initialized():
-        return decide()
-    answer = [None]
-    if dist.get_rank() == 0:
-        try:
-            answer = [(True, decide())]
-        except UserError as e:
-            answer = [(False, str(e))]
-    dist.broadcast_object_list(answer, src=0)
-    ok, value = answer[0]
-    if not ok:
-        raise UserError(value)
-    return value
 
 
 def load_sharded(path, model, optimizers):
@@ -366,3 +366,210 @@ def numbered(optim_state):
             number.setdefault(name, len(number))
         groups.append({**group, 'params': [number[name] for name in names]})
     return {'state': {number[name]: s for name, s in optim_state['state'].items()}, 'param_groups': groups}
+
+
+# ---------------------------------------------------------------------------
+# Where a run starts: a new model, GPT-2's weights, another run's weights (init_from=<its out_dir>), or
+# its own checkpoint (resume). train.py calls these with its settings `cfg` and the set `explicit` of the
+# settings the user gave.
+
+ARCH_SETTINGS = config_fields(GPTConfig) | config_fields(Seq2SeqConfig) | config_fields(EncoderConfig)
+TRAINING_ONLY = {'dropout', 'label_smoothing', 'fused_attention'}  # may change when a run is resumed
+
+
+def resumes(cfg):
+    """Whether the run continues from out_dir's checkpoint: init_from='resume', or a worker restarted by
+    torchrun --max-restarts that finds one."""
+    return cfg.init_from == 'resume' or (cfg.init_from == 'scratch' and has_checkpoint(cfg.out_dir)
+                                         and int(os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)) > 0)
+
+
+def from_run(cfg):
+    """Whether init_from names another run's out_dir (whose weights start this run), not a mode or GPT-2."""
+    return cfg.init_from not in ('scratch', 'resume') and not is_pretrained(cfg.init_from)
+
+
+def claim_out_dir(cfg, resuming):
+    """Check, before anything else, that out_dir takes files, and that this run replaces no other run's
+    checkpoint unless told to (overwrite=True). Returns whether there is one to replace."""
+    writable_folder(cfg.out_dir, '--out_dir')
+    if resuming or cfg.eval_only or not has_checkpoint(cfg.out_dir):
+        return False
+    if not cfg.overwrite:
+        raise UserError(f"out_dir {cfg.out_dir} already holds {describe_checkpoint(cfg.out_dir)}: continue it with "
+                        f"--init_from=resume, write this run to another --out_dir, or replace it with --overwrite=True")
+    return True
+
+
+def saved_name(cfg, key):
+    """The name of setting `key` in a checkpoint's model_args."""
+    return 'tgt_block_size' if cfg.model_type == 'seq2seq' and key == 'block_size' else key
+
+
+def adopt_architecture(cfg, explicit, resuming):
+    """A resumed run, or init_from=<a run's out_dir>: give the architecture settings the user did not set
+    the values of the checkpoint's model (block_size as well: the data is cut to it); build_model checks
+    those set against it. Returns init_from's checkpoint (ckpt.pt, or an FSDP run's ckpt.dcp, read
+    whole), or None."""
+    if from_run(cfg):
+        checkpoint = source = load_checkpoint(cfg.init_from)
+    elif resuming:
+        checkpoint, source = load_checkpoint(cfg.out_dir, weights=False), None
+    else:
+        return None
+    saved = checkpoint['model_args']
+    for key in sorted(ARCH_SETTINGS - TRAINING_ONLY - set(explicit)):
+        if hasattr(cfg, key) and saved_name(cfg, key) in saved:
+            setattr(cfg, key, saved[saved_name(cfg, key)])
+    return source
+
+
+def build_model(cfg, explicit, meta, resuming, source, log):
+    """(the model, out_dir's checkpoint when resuming, else None): a new model, GPT-2's weights, another
+    run's (source), or this run's own. FSDP loads a resumed model's weights later, sharded."""
+    if resuming:
+        checkpoint = load_checkpoint(cfg.out_dir, weights=not cfg.fsdp)
+        check_resumable(cfg, checkpoint, explicit, meta)
+        checkpoint['model_args'].update(training_only_settings(cfg))
+        log(f"resuming from {cfg.out_dir}/{'ckpt.dcp' if 'dcp' in checkpoint else 'ckpt.pt'} at iteration "
+            f"{checkpoint['iter_num']}")
+        return model_from_checkpoint(checkpoint, cfg.model_type), checkpoint
+    if source is not None:
+        model = model_from_run(cfg, source, explicit, meta, log)
+    elif is_pretrained(cfg.init_from):
+        check_same_tokenizer(cfg, meta, pretrained_tokenizer(cfg.init_from).state(), cfg.init_from)
+        model = pretrained_gpt(cfg.init_from, dict(dropout=cfg.dropout, block_size=cfg.block_size))
+    else:
+        check_vocab_size(cfg, meta)
+        model_class, config_class = MODEL_CLASSES[cfg.model_type]
+        try:
+            model = model_class(config_class(**architecture(cfg, meta)))
+        except ValueError as e:
+            raise UserError(f"invalid model settings: {e}") from None
+    what = cfg.model_type
+    if cfg.model_type == 'encoder':
+        what = f"encoder ({f'{model.config.n_classes} classes' if model.config.n_classes else 'masked-LM'})"
+    log(f"{what} model with {model.get_num_params() / 1e6:.2f}M parameters")
+    return model, None
+
+
+def model_from_run(cfg, source, explicit, meta, log):
+    """init_from=<a run's out_dir>: a model with the weights of that run's, to fine-tune. A GPT (or an
+    encoder-decoder) whole; an encoder its body, with the head this data needs starting fresh (a
+    masked-language model's body under a classifier). Only the weights: the optimizer, the step count,
+    best_val_loss, the metrics and the random state start fresh, as for a new run."""
+    check_resumable(cfg, source, explicit, meta, source=cfg.init_from)
+    args = {**source['model_args'], **training_only_settings(cfg)}
+    if cfg.model_type != 'encoder':
+        model = model_from_checkpoint({**source, 'model_args': args}, cfg.model_type)
+    else:
+        try:
+            model = Encoder(EncoderConfig(**{**args, 'n_classes': meta.get('n_classes', 0), 'pad_id': meta['pad_id']}))
+            model.load_body({k.removeprefix('_orig_mod.'): v for k, v in source['model'].items()})
+        except ValueError as e:
+            raise UserError(f"{cfg.init_from}: {e}") from None
+    head = ' (its body: the head starts fresh)' if cfg.model_type == 'encoder' else ''
+    log(f"initialised from {cfg.init_from}/{'ckpt.dcp' if 'dcp' in source else 'ckpt.pt'} "
+        f"(iteration {source['iter_num']}){head}")
+    return model
+
+
+def architecture(cfg, meta):
+    """The model settings of a new model: the run's settings, plus what the data decides."""
+    settings = vars(cfg)
+    args = {key: settings[key] for key in config_fields(MODEL_CLASSES[cfg.model_type][1]) if key in settings}
+    args['vocab_size'] = cfg.vocab_size or (meta or {}).get('vocab_size') or 50304
+    if cfg.model_type == 'seq2seq':
+        args.update(src_block_size=cfg.block_size, tgt_block_size=cfg.block_size,
+                    pad_id=meta['pad_id'], bos_id=meta['bos_id'], eos_id=meta['eos_id'])
+    if cfg.model_type == 'encoder':  # a classifier when the data has labels, else a masked-language model
+        args.update(pad_id=meta['pad_id'], n_classes=meta.get('n_classes', 0))
+    return args
+
+
+def training_only_settings(cfg):
+    """This run's TRAINING_ONLY settings that its model kind has: they replace a checkpoint's on resume or
+    fine-tuning, even where an older checkpoint did not record them."""
+    fields = config_fields(MODEL_CLASSES[cfg.model_type][1])
+    return {k: getattr(cfg, k) for k in TRAINING_ONLY if k in fields}
+
+
+def check_resumable(cfg, checkpoint, explicit, meta, source=None):
+    """A resumed run keeps the checkpoint's architecture: settings given that contradict it are errors.
+    source: the out_dir of init_from, whose model starts this run (same rule), else this run's out_dir."""
+    folder, what = (source, f"a run initialised from {source} takes its architecture") if source else \
+        (f"out_dir {cfg.out_dir}", "a resumed run keeps its architecture")
+    kind = checkpoint.get('model_type', 'gpt')
+    if kind != cfg.model_type:
+        raise UserError(f"{folder} holds a {kind} checkpoint but model_type is {cfg.model_type}")
+    saved = checkpoint['model_args']
+    wanted = architecture(cfg, meta) if meta is not None or cfg.model_type == 'gpt' else {}
+    for key in sorted((explicit & ARCH_SETTINGS) - TRAINING_ONLY):
+        saved_key = saved_name(cfg, key)
+        if saved_key in saved and wanted.get(saved_key, saved[saved_key]) != saved[saved_key]:
+            raise UserError(f"--{key}={getattr(cfg, key)} differs from the checkpoint's {saved[saved_key]}: "
+                            f"{what} (drop the flag, or use another out_dir)")
+    if source:
+        check_same_tokenizer(cfg, meta, tokenizer_state(checkpoint), source)
+    elif meta and meta.get('vocab_size') and meta['vocab_size'] > saved['vocab_size']:
+        raise UserError(f"dataset {cfg.dataset} has a vocabulary of {meta['vocab_size']} but the checkpoint's model "
+                        f"has {saved['vocab_size']}: resume with the dataset it was trained on")
+
+
+def data_tokenizer(meta):
+    """The tokenizer of a dataset: its meta.pkl's, or GPT-2's BPE when it has none (nanoGPT's openwebtext)."""
+    return tokenizer_from_meta(meta) if meta else TiktokenTokenizer('gpt2')
+
+
+def check_same_tokenizer(cfg, meta, weights_tokenizer, source):
+    """Weights from `source` must read the dataset's tokens: the tokenizer decides what each embedding row means."""
+    if weights_tokenizer != data_tokenizer(meta).state():
+        raise UserError(f"{source}'s model was trained with another tokenizer than dataset {cfg.dataset}'s: "
+                        f"prepare the data with its vocabulary (for an encoder: prepare/sst2.py --tokenizer_from "
+                        f"<its pretraining data>)")
+
+
+def check_vocab_size(cfg, meta):
+    """--vocab_size may pad the dataset's vocabulary (for faster matmuls), never cut it."""
+    needed = (meta or {}).get('vocab_size', 50257)  # no meta.pkl: GPT-2's BPE
+    if cfg.vocab_size and cfg.vocab_size < needed:
+        raise UserError(f"--vocab_size={cfg.vocab_size} is smaller than dataset {cfg.dataset}'s vocabulary of "
+                        f"{needed} tokens: drop the flag (the dataset's size is the default) or give at least {needed}")
+
+
+def restore_run(checkpoint, model, optimizers, scaler, sampler, rank, fsdp, log):
+    """What decides what comes next, as the checkpoint left it: the optimizers' and the gradient scaler's
+    state (sharded, with the weights, under FSDP), the data order and the RNGs. Returns (iteration, best
+    validation loss, non-finite steps skipped, seconds of training)."""
+    if 'dcp' in checkpoint and fsdp:  # weights and optimizer state, each rank its shards
+        load_sharded(checkpoint['dcp'], model, optimizers)
+    restore_optimizers(optimizers, checkpoint, fsdp, log)
+    if checkpoint.get('scaler'):  # a run without a scaler (not float16) saved {}: then a float16 one starts afresh
+        scaler.load_state_dict(checkpoint['scaler'])
+    restore_randomness(checkpoint, sampler, rank, log)
+    return (checkpoint['iter_num'], checkpoint.get('best_val_loss', float('inf')), checkpoint.get('skipped_steps', 0),
+            checkpoint.get('elapsed', 0.0))
+
+
+def restore_randomness(checkpoint, sampler, rank, log):
+    """What a resumed run draws next, as the checkpoint left it: the rows (the sampler's state: a torch.Generator's
+    for sampling='random', an EpochSampler's for 'epoch') and this rank's random numbers (its dropout)."""
+    key = 'data_rng' if isinstance(sampler, torch.Generator) else 'sampler'
+    if key in checkpoint:
+        try:
+            sampler.set_state(checkpoint[key])
+        except ValueError as e:  # the data changed: its epochs start again
+            log(f"{e}: epoch sampling starts a new epoch 0")
+    elif 'data_rng' in checkpoint or 'sampler' in checkpoint:
+        log("the checkpoint's sampling differs from this run's sampling: it starts afresh")
+    if checkpoint.get('rng'):
+        set_rng_state(checkpoint['rng'][rank % len(checkpoint['rng'])])
+
+
+def save_run(checkpoint, out_dir, model, optimizers, keep_last, fsdp, master):
+    """A training run's checkpoint: sharded, every rank writing its shards (fsdp=True), or whole by rank 0."""
+    if fsdp:
+        extra = {key: value for key, value in checkpoint.items() if key not in ('model', 'optimizer')}
+        save_sharded(out_dir, model, optimizers, extra, keep_last)
+    elif master:
+        save_checkpoint(checkpoint, out_dir, keep_last)

@@ -7,14 +7,83 @@ therefore the same whatever the number of processes, and the generator's state (
 EpochSampler's position) is all that a checkpoint needs to continue the data stream exactly.
 """
 
+import importlib
+import math
 import os
 
 import numpy as np
 import torch
 
+from distributed import any_rank, barrier
 from errors import UserError
 from model import predicted_positions
 from tokenizer import load_meta
+
+# ---------------------------------------------------------------------------
+# Finding a dataset, and preparing the small ones on first use
+
+# dataset -> (its prepare/ module, that module's prepare() arguments, datasets it needs first)
+AUTO_PREPARED = {'shakespeare_char': ('shakespeare_char', {}, ()), 'shakespeare': ('shakespeare', {}, ()),
+                 'multi30k': ('multi30k', {}, ()), 'movie_reviews': ('mlm_corpus', {}, ()),
+                 # SST-2 in the movie reviews' vocabulary, so that a model pretrained there reads it
+                 'sst2': ('sst2', {}, ('movie_reviews',)), 'sst2_phrases': ('sst2', {'phrases': True}, ('movie_reviews',))}
+
+
+def data_folder(dataset):
+    """A dataset's folder: data/<dataset>, or the path itself when it is one."""
+    return dataset if os.path.isabs(dataset) or os.sep in dataset else os.path.join('data', dataset)
+
+
+def prepare_if_missing(dataset, model_type, rank=0, local_rank=0, device='cpu'):
+    """The small datasets are prepared on first use: by rank 0 while the others wait, then, on nodes that
+    do not share its data/ folder, by each node's first rank. Every rank takes every collective, whatever
+    its own filesystem shows: the ranks decide together (any_rank)."""
+    if dataset not in AUTO_PREPARED:
+        return
+    marker = os.path.join(data_folder(dataset), 'train.bin' if model_type == 'gpt' else 'meta.pkl')
+    for preparer in (rank == 0, local_rank == 0):
+        if not any_rank(not os.path.exists(marker), device):
+            return
+        if preparer and not os.path.exists(marker):
+            print(f"{marker} not found: preparing {dataset} first")
+            prepare_dataset(dataset)
+        barrier()
+    if any_rank(not os.path.exists(marker), device):
+        raise UserError(f"{marker} is still missing on some node after preparing it: prepare {dataset} "
+                        f"on every node, or give every node the same data/ folder")
+
+
+def prepare_dataset(dataset):
+    module, arguments, needs = AUTO_PREPARED[dataset]
+    for name in needs:  # prepared first: the dataset takes its vocabulary from them
+        if not os.path.exists(os.path.join(data_folder(name), 'meta.pkl')):
+            print(f"{data_folder(name)}/meta.pkl not found: preparing {name} first")
+            prepare_dataset(name)
+    importlib.import_module(f'prepare.{module}').prepare(out_dir=data_folder(dataset), **arguments)
+
+
+def load_dataset(cfg, device, meta, log=print):
+    """The batches of cfg.dataset for cfg.model_type: token streams (gpt), sentence pairs (seq2seq),
+    labelled sentences (an encoder's classifier: prepare/sst2.py) or unlabelled ones (prepare/mlm_corpus.py)."""
+    data_dir = data_folder(cfg.dataset)
+    if cfg.model_type == 'seq2seq':
+        return SentencePairs(data_dir, cfg.block_size, device)
+    if cfg.model_type == 'encoder':
+        if meta is not None and 'n_classes' in meta:
+            return LabelledSentences(data_dir, cfg.block_size, device, cfg.pack_sentences)
+        return MaskedSentences(data_dir, cfg.block_size, device, cfg.mask_prob, cfg.pack_sentences)
+    data = TokenStream(data_dir, cfg.block_size, device, align_documents=cfg.align_documents)
+    if cfg.align_documents:
+        log(f"align_documents: rows begin at document starts and hold {data.kept:.1%} of the train tokens")
+    if cfg.sampling == 'epoch':
+        rows = data.num_rows('train')
+        log(f"epoch sampling: {rows:,} rows an epoch, {rows / (cfg.batch_size * cfg.gradient_accumulation_steps):,.1f} "
+            f"iterations")
+    return data
+
+
+# ---------------------------------------------------------------------------
+# Batches
 
 
 def prepare_command(path):
@@ -46,6 +115,11 @@ class Batches:
         """Tokens the model reads for these rows, which tok/s and MFU count: its target tokens
         (GPT, and the encoder-decoder's decoder), unless a dataset says otherwise."""
         return self.num_targets(split, rows)
+
+    def eval_rows(self, split, eval_iters, batch_size, seed, world):
+        """The rows of one split's evaluation, as a list of eval_iters batches: drawn by a generator seeded
+        the same at every evaluation, so that evaluations compare. (world: the ranks that share them out.)"""
+        return list(self.draw(split, eval_iters * batch_size, torch.Generator().manual_seed(seed)).view(eval_iters, -1))
 
     def to_device(self, *tensors):
         """The tensors on the device (a None stays None: an argument the model is not given)."""
@@ -184,7 +258,7 @@ class TokenStream(Batches):
             return len(self.packs[split][2]) - 1
         return len(self.splits[split]) // (self.block_size + 1)
 
-    def sample(self, split, n_rows, generator):
+    def draw(self, split, n_rows, generator):
         if isinstance(generator, EpochSampler):
             index = generator.draw(n_rows)
             return index if self.packs is not None else index * (self.block_size + 1)
@@ -208,6 +282,14 @@ class TokenStream(Batches):
         windows = torch.from_numpy(np.stack([self.window(split, i) for i in rows.tolist()]).astype(np.int64))
         return self.to_device(windows[:, :-1], windows[:, 1:])
 
+    def tokens_per_byte(self, tokenizer):
+        """Tokens per UTF-8 byte of the validation text (of its first 10M tokens at most), measured once: what
+        turns a loss in nats per token into bits per byte, which does not depend on the tokenizer."""
+        if getattr(self, '_tokens_per_byte', None) is None:
+            ids = self.splits['val'][:10_000_000]
+            self._tokens_per_byte = len(ids) / max(len(tokenizer.decode(ids.tolist()).encode('utf-8')), 1)
+        return self._tokens_per_byte
+
 
 class SentencePairs(Batches):
     """Seq2seq data: aligned source and target sentences (`{split}.{lang}.bin` ids with
@@ -220,7 +302,7 @@ class SentencePairs(Batches):
         if meta is None or 'pad_id' not in meta:
             raise UserError(f"{data_dir}/meta.pkl is missing or is not a translation dataset: run python prepare/multi30k.py")
         self.pad_id, self.bos_id, self.eos_id = meta['pad_id'], meta['bos_id'], meta['eos_id']
-        self.block_size = block_size
+        self.data_dir, self.langs, self.block_size = data_dir, (src_lang, tgt_lang), block_size
         dtype = token_dtype(meta)
         self.splits = {}
         for split in ('train', 'val'):
@@ -237,12 +319,20 @@ class SentencePairs(Batches):
         ids, offsets = self.splits[split][side]
         return ids[offsets[i]:offsets[i + 1]]
 
+    def texts(self, split, n):
+        """(the first n source sentences of a split, their reference translations), as text: for BLEU."""
+        pair = []
+        for lang in self.langs:
+            with open(os.path.join(self.data_dir, f'{split}.{lang}.txt'), encoding='utf-8') as f:
+                pair.append(f.read().splitlines()[:n])
+        return pair
+
     def target_lengths(self, split, rows):  # target tokens of each row: the sentence + <eos>, within block_size
         offsets = self.splits[split][1][1]
         rows = rows.numpy()
         return np.minimum(offsets[rows + 1] - offsets[rows], self.block_size - 1) + 1
 
-    def sample(self, split, n_rows, generator):
+    def draw(self, split, n_rows, generator):
         rows = torch.randint(len(self.splits[split][0][1]) - 1, (n_rows,), generator=generator)
         return rows[torch.from_numpy(np.argsort(self.target_lengths(split, rows), kind='stable'))]
 
@@ -320,8 +410,9 @@ class EncoderBatches(Batches):
         micro-batches cut from them hold sentences of similar lengths: little padding."""
         return rows[torch.from_numpy(np.argsort(self.splits[split].lengths(index), kind='stable'))]
 
-    def padded(self, sequences, value):
-        return torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True, padding_value=value)
+    def pad(self, sequences):
+        """Tensors of ids -> one (len(sequences), longest) tensor, right-padded with [PAD]."""
+        return torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True, padding_value=self.pad_id)
 
 
 MASK_SEED_BITS = 31  # a masked-LM row is (sentence number << 31) | the seed of its mask: see MaskedSentences
@@ -386,7 +477,7 @@ class MaskedSentences(EncoderBatches):
         window = stream[starts[i]:starts[i] + self.block_size - 1].astype(np.int64)
         return torch.from_numpy(np.concatenate([[self.cls_id], window]))
 
-    def sample(self, split, n_rows, generator):
+    def draw(self, split, n_rows, generator):
         index = torch.randint(len(self.splits[split]), (n_rows,), generator=generator)
         seeds = torch.randint(2 ** MASK_SEED_BITS, (n_rows,), generator=generator)
         rows = index << MASK_SEED_BITS | seeds
@@ -400,7 +491,7 @@ class MaskedSentences(EncoderBatches):
         if key not in self.recent:
             if len(self.recent) >= 16:
                 self.recent.clear()
-            tokens = self.padded([self.sequence(split, row >> MASK_SEED_BITS) for row in rows.tolist()], self.pad_id)
+            tokens = self.pad([self.sequence(split, row >> MASK_SEED_BITS) for row in rows.tolist()])
             draws, replacements = self.random_draws(rows, tokens.size(1))
             self.recent[key] = mask_tokens(tokens, draws, replacements, self.mask_prob, self.mask_id,
                                            self.special_ids)
@@ -457,9 +548,19 @@ class LabelledSentences(EncoderBatches):
             self.labels[split] = torch.from_numpy(labels)
         self.pack_sentences = pack_sentences
 
-    def sample(self, split, n_rows, generator):
+    def draw(self, split, n_rows, generator):
         rows = torch.randint(len(self.splits[split]), (n_rows,), generator=generator)
         return self.by_length(split, rows, rows.numpy())
+
+    def eval_rows(self, split, eval_iters, batch_size, seed, world):
+        """The validation split is read whole, its accuracy over every sentence: sorted by length, in
+        batches of about batch_size, as many as a multiple of the ranks that share them out."""
+        if split != 'val':
+            return super().eval_rows(split, eval_iters, batch_size, seed, world)
+        index = torch.arange(len(self.splits[split]))
+        rows = self.by_length(split, index, index.numpy())
+        count = world * math.ceil(math.ceil(len(rows) / batch_size) / world)
+        return list(torch.tensor_split(rows, min(count, len(rows))))
 
     def num_targets(self, split, rows):
         return len(rows)
@@ -474,10 +575,10 @@ class LabelledSentences(EncoderBatches):
         predict_at: the flat indices of the [CLS]s, found here on the host as model.predicted_positions does)."""
         sentences = [self.framed(split, i) for i in rows.tolist()]
         if not self.pack_sentences:
-            return self.to_device(self.padded(sentences, self.pad_id), self.labels[split][rows])
+            return self.to_device(self.pad(sentences), self.labels[split][rows])
         order, _, ptr = pack_documents([len(s) for s in sentences], self.block_size, buffer=len(sentences), cut=False)
         packs = [order[a:b] for a, b in zip(ptr[:-1], ptr[1:])]
-        tokens = self.padded([torch.cat([sentences[k] for k in pack]) for pack in packs], self.pad_id)
+        tokens = self.pad([torch.cat([sentences[k] for k in pack]) for pack in packs])
         positions = torch.stack([self.positions_in_row([len(sentences[k]) for k in pack], tokens.size(1))
                                  for pack in packs])
         return self.to_device(tokens, self.labels[split][rows[torch.from_numpy(order)]], positions,

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+import model
 from errors import UserError
 
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
@@ -77,6 +78,17 @@ def compile_supported(device):
     """torch.compile's GPU kernels (Triton) need compute capability 7.0 (Volta) or newer."""
     device = torch.device(device)
     return device.type != 'cuda' or torch.cuda.get_device_capability(device) >= (7, 0)
+
+
+def compiles(wanted, device, log):
+    """Whether to torch.compile the model: as asked, except on GPUs older than Volta (compute
+    capability 7.0), where Triton has no kernels: there compile is turned off with a line saying why."""
+    if wanted and not compile_supported(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        log(f"compile=True turned off: torch.compile needs a GPU of compute capability 7.0 or newer, "
+            f"{device} has {major}.{minor}")
+        return False
+    return wanted
 
 
 def keep_freed_memory():
@@ -163,7 +175,7 @@ def peak_flops(device, dtype):
 # Speed-ups for particular hardware, applied to a built model
 
 
-class ReLUSquared(torch.autograd.Function):
+class ReLUSquaredFunction(torch.autograd.Function):
     """relu(x)^2 with its gradient 2 relu(x) written out: autograd's takes four passes over the
     MLP's wide activations where two suffice, which makes the CPU recipe's steps ~4% faster
     (memory-bound passes; measured on a 2-core AVX512-BF16 CPU). Same numbers as the plain code."""
@@ -180,19 +192,23 @@ class ReLUSquared(torch.autograd.Function):
         return grad.mul(r).mul_(2)
 
 
-class Float32Attention:
+class FastReLUSquared(model.ReLUSquared):
+    """model.ReLUSquared with the hand-written gradient above."""
+
+    def forward(self, x):
+        return ReLUSquaredFunction.apply(x)
+
+
+class Float32AttentionFormula(model.AttentionFormula):
     """Attention (softmax(q k^T / sqrt(d)) v) in float32 under CPU autocast: on a CPU, bf16
     attention trains several times slower than float32's (no bf16 kernels for its small
     matmuls and softmax), while the projections around it keep their ~2x bf16 gain."""
 
-    def __init__(self, attend):
-        self.attend = attend  # the model's own attention function, fused or written out
-
-    def __call__(self, q, k, v, **kwargs):
+    def forward(self, q, k, v, **kwargs):
         if not torch.is_autocast_enabled('cpu'):  # weights already in one dtype (sampling): nothing to do
-            return self.attend(q, k, v, **kwargs)
+            return super().forward(q, k, v, **kwargs)
         with torch.autocast('cpu', enabled=False):
-            return self.attend(q.float(), k.float(), v.float(), **kwargs)
+            return super().forward(q.float(), k.float(), v.float(), **kwargs)
 
 
 def orthogonalised(update, coefficients, steps, eps):
@@ -266,6 +282,25 @@ def one_token_kernels(tokens):
         torch.backends.mkldnn.enabled = True
 
 
+def one_token_steps(net):
+    """Run each generation step that feeds one token (sample.py, one sample at a time) under
+    one_token_kernels: the step is what generation calls, generation_step(net). Returns net."""
+    name = generation_step(net)
+    step = getattr(net, name)
+
+    def one_token_step(tokens, *args, **kwargs):
+        with one_token_kernels(tokens):
+            return step(tokens, *args, **kwargs)
+    setattr(net, name, one_token_step)
+    return net
+
+
+def generation_step(net):
+    """The method generation calls at every step: an encoder-decoder's decode (translation never calls
+    forward), any other model's forward."""
+    return 'decode' if isinstance(net, model.Seq2SeqTransformer) else 'forward'
+
+
 def no_attention_plans_per_shape():
     """Turn off cuDNN's attention kernel (process-wide). torch tries it first on Hopper and newer GPUs, and
     it builds an execution plan for every new shape: generation has a new length at each step, and
@@ -298,28 +333,37 @@ def packs_weights(device_type, dtype):
         and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_reorder_linear_weight')
 
 
-def pack_for_inference(model, device_type, dtype):
+def swap_modules(net, replacement):
+    """Replace, in place, each submodule of `net` for which replacement(submodule) gives a module. Returns net."""
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            new = replacement(child)
+            if new is not None:
+                setattr(parent, name, new)
+    return net
+
+
+def pack_for_inference(net, device_type, dtype):
     """Replace each nn.Linear of a model that will only be run (sample.py, not train.py) by a
     PackedLinear, where packs_weights says it pays. The replaced weights are freed, except a weight
-    tied to an embedding, which that embedding keeps (GPT-2 124M: +154 MB for its output head). Returns model."""
+    tied to an embedding, which that embedding keeps (GPT-2 124M: +154 MB for its output head). Returns net."""
     if not packs_weights(device_type, dtype):
-        return model
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(parent, name, PackedLinear(child))
-    return model
+        return net
+    return swap_modules(net, lambda module: PackedLinear(module) if isinstance(module, nn.Linear) else None)
 
 
-def speed_up(model, device_type, dtype):
-    """Apply the speed-ups that pay on this hardware to `model` (in place; returns it).
-    Modules are recognised by what model.py gives them: MLPs their `kind`, attentions `attend`."""
+def speed_up(net, device_type, dtype):
+    """Apply the speed-ups that pay on this hardware to the model `net` (in place; returns it): its
+    model.ReLUSquared modules become FastReLUSquared; on a CPU under bf16 autocast its
+    model.AttentionFormula modules become Float32AttentionFormula. The same numbers as the plain modules."""
     if device_type == 'cuda':
         no_attention_plans_per_shape()
-    for module in model.modules():
-        if getattr(module, 'kind', None) == 'relu2' and hasattr(module, 'activation'):
-            module.activation = ReLUSquared.apply
-        if device_type == 'cpu' and dtype != 'float32' and hasattr(module, 'attend') \
-                and not isinstance(module.attend, Float32Attention):
-            module.attend = Float32Attention(module.attend)
-    return model
+    cpu_autocast = device_type == 'cpu' and dtype != 'float32'
+
+    def faster(module):
+        if type(module) is model.ReLUSquared:
+            return FastReLUSquared()
+        if type(module) is model.AttentionFormula and cpu_autocast:
+            return Float32AttentionFormula(module.fused)
+        return None
+    return swap_modules(net, faster)

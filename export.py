@@ -63,9 +63,6 @@ def check_exportable(checkpoint, trained_tokenizer):
         if args.get(key, allowed[0]) not in allowed:
             raise UserError(f"{key}={args[key]!r} has no {family} equivalent ({family} needs {key}="
                             f"{' or '.join(map(repr, allowed))}): this checkpoint cannot be exported")
-    if args.get('n_kv_head', 0) not in (0, args['n_head']):
-        raise UserError(f"n_kv_head={args['n_kv_head']} (grouped-query attention) has no {family} equivalent "
-                        f"({family} needs n_kv_head=0 or n_head={args['n_head']}): this checkpoint cannot be exported")
     kind, name = trained_tokenizer.get('kind'), trained_tokenizer.get('name')
     exportable = kind == 'masked_lm' if family == 'RoBERTa' else kind == 'char' or kind == 'tiktoken' and name in GPT2_ENCODINGS
     if not exportable:
@@ -83,7 +80,7 @@ def hf_config(args, eot_token):
         vocab_size=args['vocab_size'], n_positions=args['block_size'], n_embd=args['n_embd'],
         n_layer=args['n_layer'], n_head=args['n_head'], activation_function=HF_ACTIVATION[args.get('mlp', 'gelu')],
         layer_norm_epsilon=1e-5, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
-        tie_word_embeddings=args.get('tie_embeddings', True), bos_token_id=eot_token, eos_token_id=eot_token)
+        bos_token_id=eot_token, eos_token_id=eot_token)
 
 
 def hf_state_dict(model, hf_state):
@@ -119,6 +116,7 @@ ROBERTA_NAMES = (
     ('.attention.LayerNorm', '.ln_1'), ('.attention.output.dense', '.attn.c_proj'),
     ('.intermediate.LayerNorm', '.ln_2'), ('.intermediate.dense', '.mlp.c_fc'), ('.output.dense', '.mlp.c_proj'),
     ('lm_head.', 'mlm_head.'), ('mlm_head.layer_norm', 'mlm_head.norm'), ('mlm_head.decoder.bias', 'mlm_head.bias'),
+    ('mlm_head.decoder.', 'mlm_head.out_proj.'),
 )
 QKV = ('query', 'key', 'value')  # RoBERTa's three matrices are the thirds of our c_attn
 
@@ -136,7 +134,7 @@ def roberta_config(args, label_names):
         hidden_act=HF_ACTIVATION[args.get('mlp', 'gelu')], hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
         # RoBERTa numbers positions from pad_id + 1 (the rows before are never used)
         max_position_embeddings=args['block_size'] + args['pad_id'] + 1, type_vocab_size=1, layer_norm_eps=1e-5,
-        pad_token_id=args['pad_id'], tie_word_embeddings=args.get('tie_embeddings', True), **labels)
+        pad_token_id=args['pad_id'], **labels)
 
 
 def roberta_tensor(name, hf_tensor, ours, first_position):

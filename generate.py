@@ -9,10 +9,10 @@ encoder-decoder alike.
 - find_stop: where a stop string ends a text.
 - greedy_decode, beam_search: an encoder-decoder writes a translation.
 - translate: sentences in, sentences out, batched by length.
-- fill_masks, classify: an encoder's guesses for [MASK] tokens, and its labels of sentences.
+- fill_masks, label_sentences: an encoder's guesses for [MASK] tokens, and its labels of sentences.
 
-The models call into this module (GPT.generate, Seq2SeqTransformer.generate); it never imports
-them, it only calls their forward (GPT) or encode/decode (encoder-decoder).
+It imports no other module of the project (but errors.py): it calls the models' forward (GPT, encoder)
+or encode/decode (encoder-decoder), and the models call it (GPT.generate, Seq2SeqTransformer.generate).
 """
 
 import sys
@@ -20,7 +20,7 @@ import sys
 import torch
 from torch.nn import functional as F
 
-from device import one_token_kernels
+from errors import UserError
 
 # ---------------------------------------------------------------------------
 # KV cache
@@ -36,19 +36,25 @@ class KVCache:
 
     def __init__(self, max_len):
         self.max_len = max_len
-        self.pos = 0  # positions processed so far; the model advances it after each forward
-        self.self_kv = {}  # layer -> (k, v) buffers, (B, kv_heads, max_len, head_dim)
+        self.pos = 0  # positions held so far
+        self.self_kv = {}  # layer -> (k, v) buffers, (B, heads, max_len, head_dim)
         self.cross_kv = {}  # layer -> (memory, (k, v) of that memory)
 
+    def reserve(self, T):
+        """A forward of T new tokens begins: they take positions pos..pos+T-1 (model.causal_attention
+        masks them). Returns pos, the positions already held."""
+        start, self.pos = self.pos, self.pos + T
+        return start
+
     def append(self, layer, k, v):
-        """Store k, v (B, kv_heads, T, head_dim) at positions pos..pos+T-1; return the keys and values so far."""
+        """Store the new tokens' k, v (B, heads, T, head_dim) where reserve put them; return the keys and values so far."""
         if layer not in self.self_kv:
             B, H, _, D = k.shape
             self.self_kv[layer] = (k.new_empty(B, H, self.max_len, D), v.new_empty(B, H, self.max_len, D))
         keys, values = self.self_kv[layer]
-        end = self.pos + k.size(2)
-        keys[:, :, self.pos:end], values[:, :, self.pos:end] = k, v
-        return keys[:, :, :end], values[:, :, :end]
+        start = self.pos - k.size(2)
+        keys[:, :, start:self.pos], values[:, :, start:self.pos] = k, v
+        return keys[:, :, :self.pos], values[:, :, :self.pos]
 
     def cross(self, layer, memory):
         """Cross-attention keys and values of `memory` for `layer`, projected once. Kept with the
@@ -71,9 +77,7 @@ def next_token_logits(forward, tokens, cache):
     With a cache only the tokens it has not seen yet are fed in: after the prompt, one per step."""
     if cache is None:
         return forward(tokens, None)[:, -1]
-    new = tokens[:, cache.pos:]
-    with one_token_kernels(new):
-        return forward(new, cache)[:, -1]
+    return forward(tokens[:, cache.pos:], cache)[:, -1]
 
 
 # ---------------------------------------------------------------------------
@@ -248,12 +252,22 @@ def beam_search(model, src, max_new_tokens, beam_size, length_penalty, use_cache
     return cut_at_eos(tokens[best], config.eos_id)
 
 
-def padded(rows, pad_id, device):
+def right_padded(rows, pad_id, device):
     """Lists of ids -> one (len(rows), longest) tensor on `device`, right-padded with pad_id."""
     out = torch.full((len(rows), max(map(len, rows))), pad_id, dtype=torch.long)
     for r, row in enumerate(rows):
         out[r, :len(row)] = torch.tensor(row)
     return out.to(device)
+
+
+def cropped(ids, limit, what):
+    """Lists of token ids cut to `limit` (model.input_limit: a model with learned positions has no
+    vector past them), with one warning naming the lines cut; as they are when limit is None."""
+    too_long = [i + 1 for i, x in enumerate(ids) if limit is not None and len(x) > limit]
+    if too_long:
+        print(f"warning: {len(too_long)} sentence(s) longer than the model reads ({limit} tokens) {what} from their "
+              f"first {limit} tokens: line(s) {', '.join(map(str, too_long))}", file=sys.stderr)
+    return [x[:limit] for x in ids] if too_long else ids
 
 
 @torch.inference_mode()
@@ -262,35 +276,35 @@ def translate(model, sentences, tokenizer, device='cpu', beam_size=1, length_pen
     length share a batch, so little of it is padding; one longer than the model was trained on
     is cropped (learned positions, with a warning) or translated alone (computed positions)."""
     config = model.config
-    ids = [tokenizer.encode(s) for s in sentences]
-    if config.pos_emb == 'learned':  # no position past the table: translate what fits, and say so
-        too_long = [i + 1 for i, x in enumerate(ids) if len(x) > config.src_block_size]
-        if too_long:
-            print(f"warning: {len(too_long)} sentence(s) longer than the model's src_block_size of {config.src_block_size} "
-                  f"tokens translated from their first {config.src_block_size} tokens: line(s) "
-                  f"{', '.join(map(str, too_long))}", file=sys.stderr)
-            ids = [x[:config.src_block_size] for x in ids]
+    ids = cropped([tokenizer.encode(s) for s in sentences], model.input_limit(), 'translated')
     out = [''] * len(ids)  # an empty line translates to an empty line
     order = sorted((i for i in range(len(ids)) if ids[i]), key=lambda i: len(ids[i]))
     fits = [i for i in order if len(ids[i]) <= config.src_block_size]
     batches = [fits[start:start + batch_size] for start in range(0, len(fits), batch_size)]
     batches += [[i] for i in order if len(ids[i]) > config.src_block_size]  # longer than trained: each alone
     for chunk in batches:
-        src = padded([ids[i] for i in chunk], config.pad_id, device)
+        src = right_padded([ids[i] for i in chunk], config.pad_id, device)
         for i, hypothesis in zip(chunk, model.generate(src, beam_size=beam_size, length_penalty=length_penalty)):
             out[i] = tokenizer.decode(hypothesis)
     return out
+
+
+def bleu_score(hypotheses, references):
+    """sacreBLEU of translations against one reference each (detokenized, its 13a tokenizer): the score
+    papers report. Returns sacrebleu's result; .score is the number."""
+    try:
+        import sacrebleu
+    except ImportError:
+        raise UserError("BLEU needs sacrebleu: pip install sacrebleu") from None
+    return sacrebleu.corpus_bleu(hypotheses, [references])
 
 
 # ---------------------------------------------------------------------------
 # Encoder: fills and labels
 
 
-def framed(tokenizer, text, max_len=None):
-    """[CLS] text [SEP] as ids, the text cut to max_len tokens in all when given (learned positions)."""
-    ids = tokenizer.encode(text)
-    if max_len is not None:
-        ids = ids[:max_len - 2]
+def frame_text(tokenizer, ids):
+    """[CLS] text [SEP]: how an encoder reads a sentence (its [CLS] vector is the sentence's)."""
     return [tokenizer.cls_id, *ids, tokenizer.sep_id]
 
 
@@ -298,7 +312,7 @@ def framed(tokenizer, text, max_len=None):
 def fill_masks(model, tokenizer, text, k=5, device='cpu'):
     """For each [MASK] in text, in order: the k likeliest tokens there and their probabilities,
     as a list of (token string, probability) lists. Every [MASK] is guessed from the whole text."""
-    ids = torch.tensor([framed(tokenizer, text)], device=device)
+    ids = torch.tensor([frame_text(tokenizer, tokenizer.encode(text))], device=device)
     logits, _ = model(ids)
     probs = F.softmax(logits[0, ids[0] == tokenizer.mask_id].float(), dim=-1)
     top = probs.topk(min(k, probs.size(-1)), dim=-1)
@@ -307,22 +321,18 @@ def fill_masks(model, tokenizer, text, k=5, device='cpu'):
 
 
 @torch.inference_mode()
-def classify(model, tokenizer, sentences, device='cpu', batch_size=64):
+def label_sentences(model, tokenizer, sentences, device='cpu', batch_size=64):
     """Sentences (str) -> (class number, its probability) for each. Sentences of similar length share
     a batch; the padding is masked, so a sentence gets the same label alone or in any batch. With
-    learned positions a sentence longer than block_size is read from its first block_size tokens."""
-    limit = model.config.block_size if model.config.pos_emb == 'learned' else None
-    ids = [framed(tokenizer, s) for s in sentences]
-    too_long = [i + 1 for i, x in enumerate(ids) if limit is not None and len(x) > limit]
-    if too_long:
-        print(f"warning: {len(too_long)} sentence(s) longer than the model's block_size of {limit} tokens "
-              f"labelled from their first {limit} tokens: line(s) {', '.join(map(str, too_long))}", file=sys.stderr)
-        ids = [framed(tokenizer, s, limit) for s in sentences]
+    learned positions a sentence longer than block_size is read from its first tokens."""
+    limit = model.input_limit()
+    texts = cropped([tokenizer.encode(s) for s in sentences], limit and limit - 2, 'labelled')  # [CLS], [SEP]
+    ids = [frame_text(tokenizer, x) for x in texts]
     out = [None] * len(ids)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        probs = F.softmax(model(padded([ids[i] for i in chunk], model.config.pad_id, device))[0].float(), dim=-1)
+        probs = F.softmax(model(right_padded([ids[i] for i in chunk], model.config.pad_id, device))[0].float(), dim=-1)
         best = probs.max(dim=-1)
         for i, label, p in zip(chunk, best.indices.tolist(), best.values.tolist()):
             out[i] = (label, p)

@@ -1,8 +1,8 @@
 """
 Transformers in one file, built from one set of parts. Read it top to bottom:
 
-  configuration -> positions (learned, sinusoidal, rotary) -> attention (masks, heads, the
-  formula, causal / bidirectional / cross) -> MLP -> block -> the models.
+  configuration -> token embedding and positions (learned, sinusoidal, rotary) -> attention (masks,
+  heads, the formula, self- and cross-attention) -> MLP -> block -> the stack -> the models.
 
 - GPT: decoder-only language model, GPT-2 compatible by default (loads its weights).
 - Seq2SeqTransformer: the encoder-decoder of "Attention Is All You Need", for translation.
@@ -11,21 +11,18 @@ Transformers in one file, built from one set of parts. Read it top to bottom:
 Generation (KV cache, sampling, greedy and beam search) lives in generate.py; device and dtype
 choice, peak FLOPs and hardware-specific speed-ups in device.py. This file is plain PyTorch.
 
-References: GPT-2 (Radford et al. 2019), "Attention Is All You Need" (Vaswani et al. 2017),
-nanoGPT (Karpathy). Modern options (RoPE, RMSNorm, QK-norm, ReLU^2/SwiGLU, GQA) are off
-by default so that GPT-2 checkpoints load unchanged.
+References: GPT-2 (Radford et al. 2019), "Attention Is All You Need" (Vaswani et al. 2017), BERT
+(Devlin et al. 2019), nanoGPT (Karpathy). Modern options (RoPE, RMSNorm, QK-norm, ReLU², SwiGLU) are
+off by default so that GPT-2 checkpoints load unchanged.
 """
 
 import inspect
 import math
 from dataclasses import dataclass, fields
-from functools import partial
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
-
-import generate
 
 # ---------------------------------------------------------------------------
 # Configuration
@@ -41,13 +38,10 @@ class TransformerConfig:
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2; False is a bit faster and as good
     # Modern options. The defaults reproduce GPT-2.
-    n_kv_head: int = 0  # grouped-query attention: heads of keys/values shared by groups of query heads; 0 = n_head
     pos_emb: str = 'learned'  # 'learned' (GPT-2) | 'sinusoidal' (the 2017 paper) | 'rope' (rotary, relative)
-    rope_theta: float = 10000.0
     norm: str = 'layernorm'  # 'layernorm' | 'rmsnorm' (no mean subtraction: cheaper, as good)
     qk_norm: bool = False  # normalise queries and keys per head: keeps attention logits bounded at high lr
     mlp: str = 'gelu'  # 'gelu' | 'gelu_tanh' (GPT-2's approximation) | 'relu2' (ReLU squared, cheap and strong) | 'swiglu' (gated)
-    tie_embeddings: bool = True  # the output head reuses the token embedding matrix
     fused_attention: bool = True  # PyTorch's fused kernel; False runs the formula as written (same numbers, slower)
 
     def __post_init__(self):
@@ -56,26 +50,18 @@ class TransformerConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.n_kv_head < 0 or (self.n_kv_head and self.n_head % self.n_kv_head):
-            raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
         for name in ('dropout', 'label_smoothing'):  # label_smoothing: the models that have it
             if not 0.0 <= getattr(self, name, 0.0) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        choices = {'pos_emb': ('learned', 'sinusoidal', 'rope'), 'norm': ('layernorm', 'rmsnorm'),
-                   'mlp': ('gelu', 'gelu_tanh', 'relu2', 'swiglu')}
-        for name, allowed in choices.items():
+        for name, allowed in (('pos_emb', POSITIONS), ('norm', NORMS), ('mlp', ACTIVATIONS)):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ValueError(f"{name} must be one of {tuple(allowed)}, got {getattr(self, name)!r}")
         if self.pos_emb == 'rope' and self.head_dim % 2:
             raise ValueError(f"rope needs an even head size, got n_embd/n_head = {self.head_dim}")
 
     @property
     def head_dim(self):
         return self.n_embd // self.n_head
-
-    @property
-    def kv_heads(self):
-        return self.n_kv_head or self.n_head
 
 
 @dataclass
@@ -90,7 +76,7 @@ class GPTConfig(TransformerConfig):
 
 @dataclass
 class Seq2SeqConfig(TransformerConfig):
-    vocab_size: int = 8000  # one joint source+target subword vocabulary
+    vocab_size: int = 8000  # one joint source+target subword vocabulary: source and target share one embedding
     n_layer: int = 3  # in the encoder and again in the decoder
     n_head: int = 8
     n_embd: int = 512
@@ -98,7 +84,6 @@ class Seq2SeqConfig(TransformerConfig):
     pos_emb: str = 'sinusoidal'
     src_block_size: int = 128  # longest source sentence, in tokens
     tgt_block_size: int = 128  # longest target sentence, including <bos>
-    share_embeddings: bool = True  # source and target share one embedding (joint vocabulary)
     label_smoothing: float = 0.1  # the paper's 0.1: hurts perplexity, helps BLEU
     pad_id: int = 0
     bos_id: int = 1
@@ -115,7 +100,7 @@ class EncoderConfig(TransformerConfig):
     vocab_size: int = 8192  # a lowercase subword vocabulary with [PAD] [UNK] [CLS] [SEP] [MASK]
     block_size: int = 128  # longest sequence, [CLS] and [SEP]s included
     n_classes: int = 0  # 0: a masked-language model (pretraining); >0: a classifier of [CLS] (fine-tuning)
-    label_smoothing: float = 0.1  # the classifier's only (not the masked-LM's): +0.8 points on SST-2 dev, README
+    label_smoothing: float = 0.1  # the classifier's only (not the masked-LM's): +0.8 points on SST-2 dev
     pad_id: int = 0
 
     def __post_init__(self):
@@ -133,7 +118,67 @@ def config_fields(config_class):
 
 
 # ---------------------------------------------------------------------------
-# Positions: attention itself is blind to order, so each token must be told where it is
+# Token embedding and positions: attention itself is blind to order, so each token is told where it is
+
+
+class TokenEmbedding(nn.Embedding):
+    """Token ids -> vectors, one learned row per vocabulary entry (GPT-2's wte), times `scale`: the 2017
+    paper scales them by sqrt(n_embd) next to its fixed sinusoids, so that the positions do not drown them
+    (scaled_for_sinusoids). GPT-2 and nanoGPT add theirs unscaled."""
+
+    def __init__(self, config, scale=1.0):
+        super().__init__(config.vocab_size, config.n_embd)
+        self.scale = scale
+
+    def forward(self, ids):
+        return super().forward(ids) * self.scale
+
+
+def scaled_for_sinusoids(config):
+    return math.sqrt(config.n_embd) if config.pos_emb == 'sinusoidal' else 1.0
+
+
+def tie_weights(output_layer, embedding):
+    """Weight tying (Press & Wolf 2017): the layer that turns vectors into logits over the vocabulary
+    reuses the embedding matrix that turns ids into vectors: one matrix, trained by both ends."""
+    output_layer.weight = embedding.weight
+
+
+class Positions(nn.Module):
+    """What the three kinds of positions share. Each takes the token vectors x (B, T, C) and `at`, which
+    positions they are: a slice (start..start+T-1) or position ids (B, T), `end` one past the largest; it
+    returns x with positions added, and the rotary tables (cos, sin) that attention uses, or None.
+    `limit`: the most positions the model reads, checked here, the one place (generate.py crops to it);
+    None: any number (computed positions grow)."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.limit = limit
+
+    def check(self, end):
+        if self.limit is not None and end > self.limit:
+            raise ValueError(f"{end} positions are more than the {self.limit} this model reads: "
+                             f"crop the input to {self.limit} tokens")
+
+    def crop(self, limit):
+        self.limit = limit
+
+
+class LearnedPositions(Positions):
+    """GPT-2's wpe and BERT's: a trained vector per position, added to the token's. There is one for
+    each of max_len positions: no input is longer."""
+
+    def __init__(self, config, max_len, limit=None):
+        super().__init__(max_len)
+        self.weight = nn.Parameter(torch.randn(max_len, config.n_embd) * 0.02)
+
+    def forward(self, x, at, end):
+        self.check(end)
+        return x + self.weight[at], None
+
+    def crop(self, limit):
+        super().crop(limit)
+        self.weight = nn.Parameter(self.weight.data[:limit].clone())
 
 
 def sinusoidal_positions(length, dim):
@@ -147,7 +192,22 @@ def sinusoidal_positions(length, dim):
     return table
 
 
-def rotary_tables(length, head_dim, theta):
+class SinusoidalPositions(Positions):
+    """The 2017 paper's positions: fixed vectors (sinusoidal_positions), added to the tokens'. Computed,
+    not learned, so the table grows for an input longer than any seen in training (up to `limit`)."""
+
+    def __init__(self, config, max_len, limit=None):
+        super().__init__(limit)
+        self.register_buffer('table', sinusoidal_positions(max_len, config.n_embd), persistent=False)
+
+    def forward(self, x, at, end):
+        self.check(end)
+        if end > len(self.table):  # the new table takes the old one's device and dtype (bf16 for sampling)
+            self.table = sinusoidal_positions(max(end, 2 * len(self.table)), self.table.size(1)).to(self.table)
+        return x + self.table[at], None
+
+
+def rotary_tables(length, head_dim, theta=10000.0):
     """cos and sin of each position's rotation angles, (length, head_dim // 2) each."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
@@ -162,64 +222,51 @@ def apply_rotary(x, cos, sin):
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
-class PositionalEncoding(nn.Module):
-    """Where each token is. 'learned': a trained vector per position, added to the input
-    (GPT-2's wpe). 'sinusoidal': the paper's fixed vectors, added. 'rope': nothing is added;
-    attention rotates queries and keys instead, with the tables returned here. Computed tables
-    (sinusoidal, rope) grow on demand, so such a model reads inputs longer than it was trained on."""
+class RotaryPositions(Positions):
+    """Rotary positions (Su et al. 2021): nothing is added to x; attention rotates queries and keys by
+    these tables instead (apply_rotary), so attention sees relative distances. The tables grow (up to `limit`)."""
 
-    def __init__(self, config, max_len):
-        super().__init__()
-        self.kind, self.n_embd, self.head_dim, self.rope_theta = config.pos_emb, config.n_embd, config.head_dim, config.rope_theta
-        if self.kind == 'learned':
-            self.weight = nn.Parameter(torch.randn(max_len, config.n_embd) * 0.02)
-        else:
-            self.make_tables(max_len)
+    def __init__(self, config, max_len, limit=None):
+        super().__init__(limit)
+        self.head_dim = config.head_dim
+        self.make_tables(max_len)
 
     def make_tables(self, length):
-        if self.kind == 'sinusoidal':
-            self.register_buffer('table', sinusoidal_positions(length, self.n_embd), persistent=False)
-        else:
-            cos, sin = rotary_tables(length, self.head_dim, self.rope_theta)
-            self.register_buffer('cos', cos, persistent=False)
-            self.register_buffer('sin', sin, persistent=False)
+        cos, sin = rotary_tables(length, self.head_dim)
+        if hasattr(self, 'cos'):  # grown: the old tables' device and dtype
+            cos, sin = cos.to(self.cos), sin.to(self.sin)
+        self.register_buffer('cos', cos, persistent=False)
+        self.register_buffer('sin', sin, persistent=False)
 
-    def max_len(self):
-        """Positions this module can encode now (the learned table's fixed length, or the tables' current one)."""
-        return len(self.weight if self.kind == 'learned' else self.table if self.kind == 'sinusoidal' else self.cos)
-
-    def forward(self, x, start=0, position_ids=None):
-        """x: (B, T, C) token embeddings of positions start..start+T-1, or of position_ids (B, T) when
-        given (packed sentences: each one's positions count from 0) -> (x, rope tables or None)."""
-        end = start + x.size(1)  # position_ids count within their row: below x.size(1) too
-        at = slice(start, end) if position_ids is None else position_ids
-        if self.kind == 'learned':
-            if end > self.max_len():
-                raise ValueError(f"position {end - 1} is past the {self.max_len()} learned positions of this model")
-            return x + self.weight[at], None
-        if end > self.max_len():
-            old = next(iter(self.buffers()))  # the new tables take its device and dtype (bf16 weights for sampling)
-            self.make_tables(max(end, 2 * self.max_len()))
-            self.to(old.device, old.dtype)
-        if self.kind == 'sinusoidal':
-            return x + self.table[at], None
+    def forward(self, x, at, end):
+        self.check(end)
+        if end > len(self.cos):
+            self.make_tables(max(end, 2 * len(self.cos)))
         return x, (self.cos[at].to(x.dtype), self.sin[at].to(x.dtype))
 
-    def crop(self, max_len):
-        if self.kind == 'learned':
-            self.weight = nn.Parameter(self.weight.data[:max_len].clone())
-        for name, table in list(self.named_buffers()):
-            setattr(self, name, table[:max_len].clone())
+
+POSITIONS = {'learned': LearnedPositions, 'sinusoidal': SinusoidalPositions, 'rope': RotaryPositions}
 
 
 # ---------------------------------------------------------------------------
-# Attention
+# Attention: masks, heads, the formula, then self- and cross-attention
 
 
 def causal_mask(T, past, device):
     """(T, past + T) bool, True where query i may read key j: itself and everything before it,
     including `past` earlier positions already in the KV cache. The decoder cannot peek ahead."""
     return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)
+
+
+def causal_attention(T, cache, device):
+    """Where a decoder's T new tokens go and what each reads, as (at, end, mask, is_causal) for the stack:
+    positions past, .., past + T - 1 after the `past` ones a KV cache holds (generate.KVCache; none in
+    training), each reading itself and every position before it. With nothing cached that is the fused
+    kernel's own causal mask; a single new token reads everything cached, unmasked."""
+    past = 0 if cache is None else cache.reserve(T)
+    if past == 0:
+        return slice(0, T), T, None, True
+    return slice(past, past + T), past + T, causal_mask(T, past, device) if T > 1 else None, False
 
 
 def padding_mask(tokens, pad_id):
@@ -238,6 +285,13 @@ def packed_mask(position_ids, real):
     return ((sentence[:, :, None] == sentence[:, None, :]) & real[:, None, :])[:, None]
 
 
+def bidirectional_mask(tokens, pad_id, position_ids=None):
+    """Bidirectional attention, an encoder's: every position reads every real position of its sentence,
+    before and after it (a decoder reads only the past: causal_attention). The padding mask, or for
+    packed rows (position_ids), packed_mask."""
+    return padding_mask(tokens, pad_id) if position_ids is None else packed_mask(position_ids, tokens != pad_id)
+
+
 def split_heads(x, n_head):
     """(B, T, n_head * D) -> (B, T, n_head, D): each head attends with its own slice of channels."""
     B, T, C = x.shape
@@ -250,11 +304,9 @@ def merge_heads(y):
     return y.transpose(1, 2).reshape(B, T, H * D)
 
 
-def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0, enable_gqa=False):
+def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0):
     """softmax(q k^T / sqrt(d)) v, written out: what F.scaled_dot_product_attention computes in one
-    fused kernel. q: (B, H, T, D); k, v: (B, H_kv, S, D); attn_mask: bool, True = may attend."""
-    if enable_gqa:  # grouped-query attention: each k/v head serves H / H_kv query heads
-        k, v = k.repeat_interleave(q.size(1) // k.size(1), dim=1), v.repeat_interleave(q.size(1) // v.size(1), dim=1)
+    fused kernel. q: (B, H, T, D); k, v: (B, H, S, D); attn_mask: bool, True = may attend."""
     att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, H, T, S): how well each query matches each key
     if is_causal:
         attn_mask = causal_mask(q.size(-2), k.size(-2) - q.size(-2), q.device)
@@ -266,97 +318,122 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, dropo
     return att @ v  # (B, H, T, D): the values, mixed by those weights
 
 
-class Attention(nn.Module):
-    """Multi-head attention: each head compares queries with keys and mixes the values accordingly.
+class AttentionFormula(nn.Module):
+    """The formula for every head at once: PyTorch's fused kernel, or (fused_attention=False)
+    scaled_dot_product_attention above, as written. A module, so that device.py can swap it."""
 
-    mode 'causal': position t sees positions <= t (decoder self-attention).
-    mode 'bidirectional': every position sees every non-padding position (encoder).
-    mode 'cross': queries from x, keys and values from `memory`, the encoder output.
-    """
-
-    def __init__(self, config, mode='causal'):
+    def __init__(self, fused):
         super().__init__()
-        assert mode in ('causal', 'bidirectional', 'cross')
-        self.mode = mode
-        self.n_head, self.n_kv_head = config.n_head, config.kv_heads
-        q_dim, kv_dim = config.n_head * config.head_dim, config.kv_heads * config.head_dim
-        self.qkv_dims = (q_dim, kv_dim, kv_dim)
-        if mode == 'cross':
-            self.c_q = nn.Linear(config.n_embd, q_dim, bias=config.bias)
-            self.c_kv = nn.Linear(config.n_embd, 2 * kv_dim, bias=config.bias)
-        else:  # one matmul for q, k and v together (GPT-2's c_attn)
-            self.c_attn = nn.Linear(config.n_embd, q_dim + 2 * kv_dim, bias=config.bias)
-        self.c_proj = nn.Linear(q_dim, config.n_embd, bias=config.bias)
+        self.fused = fused
+
+    def forward(self, q, k, v, **kwargs):
+        return (F.scaled_dot_product_attention if self.fused else scaled_dot_product_attention)(q, k, v, **kwargs)
+
+
+class Attention(nn.Module):
+    """What self- and cross-attention share: heads of queries compared with heads of keys (the formula),
+    the values mixed accordingly, the heads merged and projected back into the residual stream.
+    `inputs`: the projections that make queries, keys and values, registered first (GPT-2's order)."""
+
+    def __init__(self, config, **inputs):
+        super().__init__()
+        for name, layer in inputs.items():
+            self.add_module(name, layer)
+        self.n_head = config.n_head
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.q_norm = make_norm(config, config.head_dim) if config.qk_norm else None
         self.k_norm = make_norm(config, config.head_dim) if config.qk_norm else None
-        self.rotary = config.pos_emb == 'rope' and mode != 'cross'  # cross-attention has no shared positions
-        self.attend = F.scaled_dot_product_attention if config.fused_attention else scaled_dot_product_attention
+        self.formula = AttentionFormula(config.fused_attention)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def norm_heads(self, x, norm):
+    def norm_heads(self, x, norm, rotary=False):
         """QK-norm of heads (B, T, H, D), if configured. Under autocast the heads arrive in bf16: the
         norm and the rotation after it run in float32, as their gains and tables are (angles need the precision)."""
-        if (norm is not None or self.rotary) and torch.is_autocast_enabled(x.device.type):
+        if (norm is not None or rotary) and torch.is_autocast_enabled(x.device.type):
             x = x.float()
         return x if norm is None else norm(x)
 
-    def project_memory(self, memory):
-        """Cross-attention's keys and values: projections of the encoder output, (B, S, heads, D)."""
-        k, v = self.c_kv(memory).chunk(2, dim=-1)
-        return self.norm_heads(split_heads(k, self.n_kv_head), self.k_norm), split_heads(v, self.n_kv_head)
+    def mix(self, q, k, v, mask=None, is_causal=False):
+        """q (B, H, T, D), k and v (B, H, S, D) -> (B, T, C): each query's mix of the values, heads merged."""
+        y = self.formula(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0)
+        return self.resid_dropout(self.c_proj(merge_heads(y)))
 
-    def forward(self, x, mask=None, memory=None, rope=None, cache=None):
-        """x: (B, T, C). mask: bool, True where a key may be attended, broadcastable to
-        (B, n_head, T, S): the padding mask. rope: (cos, sin) for x's positions.
-        cache: a generate.KVCache during generation."""
-        if self.mode == 'cross':
-            q = split_heads(self.c_q(x), self.n_head)
-            k, v = self.project_memory(memory) if cache is None else cache.cross(self, memory)
-        else:
-            q, k, v = self.c_attn(x).split(self.qkv_dims, dim=-1)
-            q, k, v = split_heads(q, self.n_head), split_heads(k, self.n_kv_head), split_heads(v, self.n_kv_head)
-            k = self.norm_heads(k, self.k_norm)
-        q = self.norm_heads(q, self.q_norm)
+
+class SelfAttention(Attention):
+    """Queries, keys and values all from x: each position gathers from the positions its mask lets it read
+    (causal_attention in a decoder, bidirectional_mask in an encoder). With rope, queries and keys are
+    rotated by their positions. In generation the keys and values of earlier tokens come from the cache."""
+
+    def __init__(self, config):
+        super().__init__(config, c_attn=nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias))  # q, k, v in one matmul
+        self.rotary = config.pos_emb == 'rope'
+
+    def forward(self, x, rope=None, mask=None, is_causal=False, cache=None):
+        q, k, v = (split_heads(t, self.n_head) for t in self.c_attn(x).chunk(3, dim=-1))
+        k = self.norm_heads(k, self.k_norm, self.rotary)
+        q = self.norm_heads(q, self.q_norm, self.rotary)
         if self.rotary:  # after the norms: rotating first would let the per-channel gains undo it
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
-        is_causal = False
-        if self.mode == 'causal':
-            past = 0 if cache is None else cache.pos
-            if cache is not None:
-                k, v = cache.append(self, k, v)
-            T = q.size(2)
-            if T > 1 and past == 0:
-                is_causal = True  # the causal mask: query t sees keys 0..t
-            elif T > 1:  # new queries after a cached prefix: query i sees keys 0..past+i
-                mask = causal_mask(T, past, x.device)
-        y = self.attend(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0,
-                        enable_gqa=self.n_kv_head != self.n_head)
-        return self.resid_dropout(self.c_proj(merge_heads(y)))
+        if cache is not None:
+            k, v = cache.append(self, k, v)
+        return self.mix(q, k, v, mask, is_causal)
+
+
+class CrossAttention(Attention):
+    """A decoder's look at the source: queries from x (the target so far), keys and values from `memory`,
+    the encoder's output, so each target position reads the whole source sentence (its padding masked).
+    No rotation: target and source positions are not on one scale."""
+
+    def __init__(self, config):
+        super().__init__(config, c_q=nn.Linear(config.n_embd, config.n_embd, bias=config.bias),
+                         c_kv=nn.Linear(config.n_embd, 2 * config.n_embd, bias=config.bias))
+
+    def project_memory(self, memory):
+        """Keys and values of the encoder output, (B, heads, S, D) each: computed once per sentence in generation."""
+        k, v = self.c_kv(memory).chunk(2, dim=-1)
+        return self.norm_heads(split_heads(k, self.n_head), self.k_norm).transpose(1, 2), \
+            split_heads(v, self.n_head).transpose(1, 2)
+
+    def forward(self, x, memory, memory_mask=None, cache=None):
+        k, v = self.project_memory(memory) if cache is None else cache.cross(self, memory)
+        q = self.norm_heads(split_heads(self.c_q(x), self.n_head), self.q_norm).transpose(1, 2)
+        return self.mix(q, k, v, memory_mask)
 
 
 # ---------------------------------------------------------------------------
 # MLP and block
 
 
+NORMS = {'layernorm': lambda config, dim: nn.LayerNorm(dim, bias=config.bias),
+         'rmsnorm': lambda config, dim: nn.RMSNorm(dim)}  # RMSNorm: no mean subtraction, cheaper, as good
+
+
 def make_norm(config, dim=None):
-    """LayerNorm (GPT-2) or RMSNorm (no mean subtraction: cheaper, as good)."""
-    dim = dim or config.n_embd
-    if config.norm == 'rmsnorm':
-        return nn.RMSNorm(dim)
-    return nn.LayerNorm(dim, bias=config.bias)
+    return NORMS[config.norm](config, dim or config.n_embd)
 
 
-def relu_squared(x):
+class ReLUSquared(nn.Module):
     """relu(x)^2 (Primer, So et al. 2021): sparse like ReLU, smooth at zero."""
-    return F.relu(x).square()
+
+    def forward(self, x):
+        return F.relu(x).square()
+
+
+class SwiGLU(nn.Module):
+    """Swish-gated linear unit (Shazeer 2020): half of the units gates the other half."""
+
+    def forward(self, x):
+        gate, value = x.chunk(2, dim=-1)
+        return F.silu(gate) * value
 
 
 ACTIVATIONS = {
-    'gelu': F.gelu,  # exact (erf); on a CPU several times faster than the tanh form
-    'gelu_tanh': partial(F.gelu, approximate='tanh'),  # the approximation GPT-2 was trained with: its weights want it
-    'relu2': relu_squared,
+    'gelu': nn.GELU,  # exact (erf); on a CPU several times faster than the tanh form
+    'gelu_tanh': lambda: nn.GELU(approximate='tanh'),  # the approximation GPT-2 was trained with: its weights want it
+    'relu2': ReLUSquared,
+    'swiglu': SwiGLU,
 }
 
 
@@ -366,48 +443,39 @@ class MLP(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.kind = config.mlp
-        if self.kind == 'swiglu':  # two input matrices, so 2/3 of the width keeps the parameter count
+        hidden = 4 * config.n_embd
+        if config.mlp == 'swiglu':  # two input halves, so 2/3 of the width keeps the parameter count
             hidden = 64 * math.ceil(8 * config.n_embd / 3 / 64)
-            self.c_fc = nn.Linear(config.n_embd, 2 * hidden, bias=config.bias)
-        else:
-            hidden = 4 * config.n_embd
-            self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
-            self.activation = ACTIVATIONS[self.kind]
+        self.c_fc = nn.Linear(config.n_embd, hidden * (2 if config.mlp == 'swiglu' else 1), bias=config.bias)
+        self.activation = ACTIVATIONS[config.mlp]()
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        x = self.c_fc(x)
-        if self.kind == 'swiglu':  # SwiGLU: one half of the units gates the other
-            gate, value = x.chunk(2, dim=-1)
-            x = F.silu(gate) * value
-        else:
-            x = self.activation(x)
-        return self.dropout(self.c_proj(x))
+        return self.dropout(self.c_proj(self.activation(self.c_fc(x))))
 
 
 class Block(nn.Module):
     """Pre-norm residual block: x + attention(norm(x)), [x + cross-attention(norm(x))], x + mlp(norm(x)).
     Each part adds to the residual stream x instead of replacing it, so gradients flow straight
     through deep stacks; normalising each part's input (pre-norm) keeps training stable.
-    causal=False gives an encoder block; cross=True adds cross-attention (decoder of a seq2seq model)."""
+    cross=True adds cross-attention (the decoder of a seq2seq model)."""
 
-    def __init__(self, config, causal=True, cross=False):
+    def __init__(self, config, cross=False):
         super().__init__()
         self.ln_1 = make_norm(config)
-        self.attn = Attention(config, 'causal' if causal else 'bidirectional')
+        self.attn = SelfAttention(config)
         self.cross_attn = None
         if cross:
             self.ln_cross = make_norm(config)
-            self.cross_attn = Attention(config, 'cross')
+            self.cross_attn = CrossAttention(config)
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, mask=None, rope=None, memory=None, memory_mask=None, cache=None):
-        x = x + self.attn(self.ln_1(x), mask=mask, rope=rope, cache=cache)
+    def forward(self, x, rope=None, mask=None, is_causal=False, cache=None, memory=None, memory_mask=None):
+        x = x + self.attn(self.ln_1(x), rope, mask, is_causal, cache)
         if self.cross_attn is not None:
-            x = x + self.cross_attn(self.ln_cross(x), mask=memory_mask, memory=memory, cache=cache)
+            x = x + self.cross_attn(self.ln_cross(x), memory, memory_mask, cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -415,24 +483,15 @@ class Block(nn.Module):
 # What every model here shares: the stack, initialisation, optimizers, FLOPs
 
 
-def embedding_scale(config):
-    """The paper scales embeddings by sqrt(n_embd) so that the fixed sinusoids do not drown them."""
-    return math.sqrt(config.n_embd) if config.pos_emb == 'sinusoidal' else 1.0
-
-
 class TransformerModel(nn.Module):
 
-    def run_stack(self, tokens, embedding, positions, blocks, final_norm, cache=None, input_norm=None,
-                  position_ids=None, **block_args):
-        """The path every stack takes: token embedding, positions, [a norm,] dropout, the blocks, a final norm.
-        With a cache the tokens continue at position cache.pos, which then moves past them."""
-        start = 0 if cache is None else cache.pos
-        x, rope = positions(embedding(tokens) * self.emb_scale, start, position_ids)
+    def run_stack(self, tokens, embedding, positions, blocks, final_norm, at, end, input_norm=None, **block_args):
+        """The path every stack takes: token embedding, positions (`at`, up to `end`), [a norm,] dropout,
+        the blocks, a final norm. block_args: the attention mask (or is_causal), a cache, the memory."""
+        x, rope = positions(embedding(tokens), at, end)
         x = self.drop(x if input_norm is None else input_norm(x))
         for block in blocks:
-            x = block(x, rope=rope, cache=cache, **block_args)
-        if cache is not None:
-            cache.pos += tokens.size(1)
+            x = block(x, rope=rope, **block_args)
         return final_norm(x)
 
     def init_weights(self, n_residual_layers):
@@ -448,10 +507,10 @@ class TransformerModel(nn.Module):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(n_residual_layers))
 
     def get_num_params(self, non_embedding=True):
-        """Parameter count; position tables are left out by default, as in the GPT-2 papers' counts."""
+        """Parameter count; learned position tables are left out by default, as in the GPT-2 papers' counts."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= sum(p.numel() for m in self.modules() if isinstance(m, PositionalEncoding) for p in m.parameters())
+            n -= sum(p.numel() for m in self.modules() if isinstance(m, LearnedPositions) for p in m.parameters())
         return n
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer='adamw', muon_momentum=0.95,
@@ -460,8 +519,7 @@ class TransformerModel(nn.Module):
         muon_class: torch's Muon, or a variant of it for the hardware (device.muon_class).
         Weight decay applies to matrices only: biases and norm gains are not decayed."""
         params = {name: p for name, p in self.named_parameters() if p.requires_grad}
-        embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
-        embeddings |= {id(p) for m in self.modules() if isinstance(m, PositionalEncoding) for p in m.parameters()}
+        embeddings = {id(m.weight) for m in self.modules() if isinstance(m, (nn.Embedding, LearnedPositions))}
         embeddings |= {id(head.weight) for head in self.output_heads()}
         matrices = [p for p in params.values() if p.dim() >= 2 and id(p) not in embeddings]
         if optimizer == 'adamw':
@@ -518,16 +576,14 @@ class GPT(TransformerModel):
         super().__init__()
         self.config = config
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding: one learned vector per token id
-            wpe=PositionalEncoding(config, config.block_size),
+            wte=TokenEmbedding(config),
+            wpe=POSITIONS[config.pos_emb](config, config.block_size, limit=config.block_size),  # its context
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=make_norm(config),
         ))
         self.drop = nn.Dropout(config.dropout)
-        self.emb_scale = 1.0
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        if config.tie_embeddings:  # weight tying: one matrix maps ids to vectors and vectors to logits
-            self.transformer.wte.weight = self.lm_head.weight
+        tie_weights(self.lm_head, self.transformer.wte)
         self.init_weights(n_residual_layers=2 * config.n_layer)
 
     def flops_per_token(self):
@@ -537,12 +593,9 @@ class GPT(TransformerModel):
         """idx: (B, T) token ids. targets: (B, T) the next ids (idx shifted by one; -1 = ignore):
         teacher forcing, every position predicts its next token at once. With no targets only the
         last position's logits are computed (all that sampling needs)."""
-        length = idx.size(1) + (0 if cache is None else cache.pos)
-        if length > self.config.block_size:
-            raise ValueError(f"sequence of length {length} is longer than block_size "
-                             f"{self.config.block_size}: crop it to the last {self.config.block_size} tokens")
+        at, end, mask, is_causal = causal_attention(idx.size(1), cache, idx.device)
         t = self.transformer
-        x = self.run_stack(idx, t.wte, t.wpe, t.h, t.ln_f, cache=cache)
+        x = self.run_stack(idx, t.wte, t.wpe, t.h, t.ln_f, at, end, mask=mask, is_causal=is_causal, cache=cache)
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None
         logits = self.lm_head(x)
@@ -591,8 +644,9 @@ class GPT(TransformerModel):
     @torch.inference_mode()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
         """Continue each row of idx (B, T) by max_new_tokens tokens; returns (B, T + max_new_tokens).
-        nanoGPT's signature; the loop itself is generate.sample."""
-        return generate.sample(self, idx, max_new_tokens, temperature, top_k, top_p, use_cache)
+        nanoGPT's signature; the loop itself is generate.sample (imported here: the model does not need it)."""
+        from generate import sample
+        return sample(self, idx, max_new_tokens, temperature, top_k, top_p, use_cache)
 
 
 # ---------------------------------------------------------------------------
@@ -607,42 +661,40 @@ class Seq2SeqTransformer(TransformerModel):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        self.src_emb = nn.Embedding(config.vocab_size, config.n_embd)
-        self.tgt_emb = self.src_emb if config.share_embeddings else nn.Embedding(config.vocab_size, config.n_embd)
-        self.src_pos = PositionalEncoding(config, config.src_block_size)
-        self.tgt_pos = PositionalEncoding(config, config.tgt_block_size)
-        self.emb_scale = embedding_scale(config)
+        self.src_emb = TokenEmbedding(config, scaled_for_sinusoids(config))
+        self.tgt_emb = self.src_emb  # one joint vocabulary: source and target share their embedding
+        self.src_pos = POSITIONS[config.pos_emb](config, config.src_block_size)
+        self.tgt_pos = POSITIONS[config.pos_emb](config, config.tgt_block_size)
         self.drop = nn.Dropout(config.dropout)
-        self.encoder = nn.ModuleList([Block(config, causal=False) for _ in range(config.n_layer)])
+        self.encoder = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.encoder_norm = make_norm(config)
-        self.decoder = nn.ModuleList([Block(config, causal=True, cross=True) for _ in range(config.n_layer)])
+        self.decoder = nn.ModuleList([Block(config, cross=True) for _ in range(config.n_layer)])
         self.decoder_norm = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.tgt_emb.weight
+        tie_weights(self.lm_head, self.tgt_emb)
         self.init_weights(n_residual_layers=5 * config.n_layer)  # 2 per encoder block, 3 per decoder block
 
     def flops_per_token(self):
         context = self.config.src_block_size + self.config.tgt_block_size
         return 6 * self.get_num_params() + self.attention_flops_per_token(context)
 
+    def input_limit(self):
+        """The longest source the model reads (its positions' limit: None when computed)."""
+        return self.src_pos.limit
+
     def encode(self, src):
         """src: (B, S) right-padded source ids -> (memory (B, S, C), padding mask). Computed positions
         (sinusoidal, rope) read sources longer than src_block_size; learned ones cannot."""
-        if self.config.pos_emb == 'learned' and src.size(1) > self.config.src_block_size:
-            raise ValueError(f"source of {src.size(1)} tokens is longer than src_block_size {self.config.src_block_size} "
-                             f"(learned positions): crop it")
-        mask = padding_mask(src, self.config.pad_id)
-        memory = self.run_stack(src, self.src_emb, self.src_pos, self.encoder, self.encoder_norm, mask=mask)
-        return memory, mask
+        mask = bidirectional_mask(src, self.config.pad_id)
+        S = src.size(1)
+        return self.run_stack(src, self.src_emb, self.src_pos, self.encoder, self.encoder_norm, slice(0, S), S,
+                              mask=mask), mask
 
     def decode(self, tgt_in, memory, memory_mask, cache=None):
         """tgt_in: (B, T) target ids so far -> logits (B, T, vocab) for the next token at each position."""
-        length = tgt_in.size(1) + (0 if cache is None else cache.pos)
-        if self.config.pos_emb == 'learned' and length > self.config.tgt_block_size:
-            raise ValueError(f"target of {length} tokens is longer than tgt_block_size {self.config.tgt_block_size}")
-        x = self.run_stack(tgt_in, self.tgt_emb, self.tgt_pos, self.decoder, self.decoder_norm, cache=cache,
-                           memory=memory, memory_mask=memory_mask)
+        at, end, mask, is_causal = causal_attention(tgt_in.size(1), cache, tgt_in.device)
+        x = self.run_stack(tgt_in, self.tgt_emb, self.tgt_pos, self.decoder, self.decoder_norm, at, end, mask=mask,
+                           is_causal=is_causal, cache=cache, memory=memory, memory_mask=memory_mask)
         return self.lm_head(x)
 
     def forward(self, src, tgt_in, targets=None):
@@ -659,13 +711,14 @@ class Seq2SeqTransformer(TransformerModel):
     @torch.inference_mode()
     def generate(self, src, max_new_tokens=None, beam_size=1, length_penalty=0.6, use_cache=True):
         """Translate each row of src (B, S) (greedy, or beam search). Returns a list of B token-id lists."""
+        from generate import beam_search, greedy_decode
         limit = self.config.tgt_block_size
         if self.config.pos_emb != 'learned' and src.size(1) > self.config.src_block_size:
             limit = 2 * src.size(1)  # computed positions go on: a source longer than trained may need a longer target
         max_new_tokens = min(max_new_tokens or limit, limit - 1)  # <bos> takes a position
         if beam_size == 1:
-            return generate.greedy_decode(self, src, max_new_tokens, use_cache)
-        return generate.beam_search(self, src, max_new_tokens, beam_size, length_penalty, use_cache)
+            return greedy_decode(self, src, max_new_tokens, use_cache)
+        return beam_search(self, src, max_new_tokens, beam_size, length_penalty, use_cache)
 
 
 # ---------------------------------------------------------------------------
@@ -680,11 +733,11 @@ class MaskedLMHead(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.norm = make_norm(config)
-        self.decoder = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.out_proj = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size)) if config.bias else None
 
     def forward(self, x):
-        logits = self.decoder(self.norm(F.gelu(self.dense(x))))
+        logits = self.out_proj(self.norm(F.gelu(self.dense(x))))
         return logits if self.bias is None else logits + self.bias
 
 
@@ -723,45 +776,43 @@ class Encoder(TransformerModel):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = PositionalEncoding(config, config.block_size)
-        self.emb_scale = embedding_scale(config)
+        self.wte = TokenEmbedding(config, scaled_for_sinusoids(config))
+        self.wpe = POSITIONS[config.pos_emb](config, config.block_size)
         self.emb_norm = make_norm(config)  # BERT and RoBERTa normalise the embeddings before the first block
         self.drop = nn.Dropout(config.dropout)
-        self.h = nn.ModuleList([Block(config, causal=False) for _ in range(config.n_layer)])
+        self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = make_norm(config)
         if config.n_classes:
             self.classifier = ClassifierHead(config)
         else:
             self.mlm_head = MaskedLMHead(config)
-            if config.tie_embeddings:
-                self.mlm_head.decoder.weight = self.wte.weight
+            tie_weights(self.mlm_head.out_proj, self.wte)
         self.init_weights(n_residual_layers=2 * config.n_layer)
 
     def output_heads(self):
-        return [self.classifier.out_proj if self.config.n_classes else self.mlm_head.decoder]
+        return [self.classifier.out_proj if self.config.n_classes else self.mlm_head.out_proj]
+
+    def input_limit(self):
+        """The longest sequence the model reads, [CLS] and [SEP] included (None with computed positions)."""
+        return self.wpe.limit
 
     def flops_per_token(self, mask_prob=0.15):
         """6 per parameter, as for the GPT, except the vocabulary matrix: at the input a lookup, and a matmul
         only in the masked-LM head, which runs on the chosen positions alone (mask_prob of the tokens). A
         classifier's head runs once a sentence; counted per token, it adds under 1% here."""
-        head = 0 if self.config.n_classes else self.mlm_head.decoder.weight.numel()
-        untied = head if head and self.mlm_head.decoder.weight is not self.wte.weight else 0
-        body = self.get_num_params() - self.wte.weight.numel() - untied
+        head = 0 if self.config.n_classes else self.wte.weight.numel()
+        body = self.get_num_params() - self.wte.weight.numel()
         return 6 * (body + mask_prob * head) + self.attention_flops_per_token(self.config.block_size)
 
     def encode(self, tokens, position_ids=None):
         """tokens: (B, T) right-padded ids, [CLS] first -> (B, T, C): each position's vector, computed
         from the whole sequence, padding left out. position_ids (B, T): rows of packed sentences, each
-        [CLS] ... [SEP] at positions 0, 1, ..., read apart (packed_mask). Computed positions (sinusoidal,
-        rope) read longer sequences than block_size; learned ones cannot."""
-        if self.config.pos_emb == 'learned' and tokens.size(1) > self.config.block_size:
-            raise ValueError(f"sequence of {tokens.size(1)} tokens is longer than block_size {self.config.block_size} "
-                             f"(learned positions): crop it")
-        mask = padding_mask(tokens, self.config.pad_id) if position_ids is None else \
-            packed_mask(position_ids, tokens != self.config.pad_id)
-        return self.run_stack(tokens, self.wte, self.wpe, self.h, self.ln_f, input_norm=self.emb_norm, mask=mask,
-                              position_ids=position_ids)
+        [CLS] ... [SEP] at positions 0, 1, ..., read apart. Computed positions (sinusoidal, rope) read
+        longer sequences than block_size; learned ones cannot."""
+        mask = bidirectional_mask(tokens, self.config.pad_id, position_ids)
+        T = tokens.size(1)
+        return self.run_stack(tokens, self.wte, self.wpe, self.h, self.ln_f, slice(0, T) if position_ids is None
+                              else position_ids, T, input_norm=self.emb_norm, mask=mask)
 
     def forward(self, tokens, targets=None, position_ids=None, predict_at=None):
         """A masked-language model: targets (B, T) hold the original ids at the positions chosen for

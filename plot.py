@@ -10,39 +10,17 @@ of each logged batch; the markers are the evaluations' train and val losses.
 """
 
 import argparse
-import json
 import os
 import sys
 
 from configurator import run_cli
 from errors import UserError
+from metrics import read_metrics
 
 
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):  # one line, `error: ...`, like the other scripts
         raise UserError(message)
-
-
-def read_metrics(folder):
-    """(log records, eval records) of a run, each sorted by iteration. A resumed run logs again the
-    iterations after its checkpoint: the last record of an iteration is the one that counts."""
-    path = os.path.join(folder, 'metrics.jsonl')
-    if not os.path.isfile(path):
-        raise UserError(f"{path} not found: give the out_dir of a training run")
-    latest = {}  # (kind, iteration) -> record
-    unreadable = 0
-    with open(path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # e.g. a line cut short when a run was killed
-                unreadable += 1
-                continue
-            latest['eval' if 'val_loss' in record else 'log', record['iter']] = record
-    if unreadable:
-        print(f"warning: skipped {unreadable} unreadable line(s) of {path}", file=sys.stderr)
-    records = [latest[key] for key in sorted(latest, key=lambda key: key[1])]
-    return [r for r in records if 'loss' in r], [r for r in records if 'val_loss' in r]
 
 
 def import_pyplot():

@@ -24,8 +24,8 @@ from checkpoint import (GPT2_NAMES, is_pretrained, load_checkpoint, model_from_c
                         pretrained_tokenizer, tokenizer_state)
 from configurator import configure, run_cli, settings_of
 from errors import UserError
-from device import inference_dtype, pack_for_inference, resolve_device, speed_up
-from model import GPT, Encoder, Seq2SeqTransformer
+from device import generation_step, inference_dtype, one_token_steps, pack_for_inference, resolve_device, speed_up
+from model import GPT, Encoder
 from tokenizer import tokenizer_from_state
 
 # -----------------------------------------------------------------------------
@@ -212,11 +212,7 @@ def translate_text(cfg, model, tokenizer, source, run_device, summary):
 
 
 def report_bleu(cfg, translations, references, summary, seconds):
-    try:
-        import sacrebleu
-    except ImportError:
-        raise UserError("BLEU needs sacrebleu: pip install sacrebleu") from None
-    bleu = sacrebleu.corpus_bleu(translations, [references])
+    bleu = generate.bleu_score(translations, references)
     print(f"{bleu} | {summary} | translated in {seconds:.1f} s (beam {cfg.beam_size})",
           file=sys.stderr)
 
@@ -238,9 +234,9 @@ def trained_summary(model, checkpoint):
 
 
 def compile_generation_step(model):
-    """torch.compile what generation calls at every step: an encoder-decoder's decode (translation never
-    calls forward), any other model's forward. The cache grows, so shapes are dynamic."""
-    name = 'decode' if isinstance(model, Seq2SeqTransformer) else 'forward'
+    """torch.compile what generation calls at every step (device.generation_step). The cache grows, so
+    shapes are dynamic."""
+    name = generation_step(model)
     setattr(model, name, torch.compile(getattr(model, name), dynamic=True))
 
 
@@ -278,7 +274,7 @@ def label_text(cfg, model, tokenizer, text, run_device, checkpoint, summary):
         raise UserError(f"{cfg.reference} has labels the model does not know: {', '.join(map(repr, unknown[:5]))} "
                         f"(its labels: {', '.join(names)})")
     t0 = time.time()
-    predictions = generate.classify(model, tokenizer, sentences, run_device, cfg.batch_size)
+    predictions = generate.label_sentences(model, tokenizer, sentences, run_device, cfg.batch_size)
     for label, p in predictions:
         print(names[label] if from_file else f"{names[label]} (probability {p:.3f})")
     if references is not None:
@@ -314,7 +310,7 @@ def main(argv=None):
     if cfg.compile:
         compile_generation_step(model)
     else:
-        pack_for_inference(model, device_type, run_dtype)
+        one_token_steps(pack_for_inference(model, device_type, run_dtype))
     prompt = read_prompt(cfg.start)
     if isinstance(model, GPT):
         generate_text(cfg, model, tokenizer, prompt, run_device)

@@ -15,7 +15,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
-def shard_model(model, device_type, dtype, compile=False):
+def shard_model(model, device_type, dtype, compile=False, log=print):
     """Shard `model` in place over all ranks: each transformer Block is one FSDP unit (its
     parameters gathered just before it runs and freed after), the rest (embeddings, final norm,
     head) the root's. On GPUs with bfloat16, parameters are cast to bf16 for compute and gradients
@@ -29,6 +29,7 @@ def shard_model(model, device_type, dtype, compile=False):
             block.compile()
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
+    log(f"fsdp over {dist.get_world_size()} ranks: rank 0 holds {local_bytes(model, [])['parameters']:,} bytes of parameters")
     return model
 
 

@@ -213,13 +213,13 @@ def test_output_heads_are_trained_by_adamw_under_muon():
         assert id(model.h[0].attn.c_attn.weight) in in_muon
 
 
-@pytest.mark.parametrize('tie', [True, False])
-def test_flops_count_the_vocabulary_matrix_only_where_the_masked_lm_head_runs(tie):
-    mlm, classifier = tiny_encoder(tie_embeddings=tie), tiny_encoder(n_classes=2)
+def test_flops_count_the_vocabulary_matrix_only_where_the_masked_lm_head_runs():
+    mlm, classifier = tiny_encoder(), tiny_encoder(n_classes=2)
+    assert mlm.mlm_head.out_proj.weight is mlm.wte.weight  # tied: counted once
     cfg = mlm.config
     vocabulary = cfg.vocab_size * cfg.n_embd
     attention = 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
-    body = mlm.get_num_params() - vocabulary * (1 if tie else 2)  # the input lookup, and the untied head's copy
+    body = mlm.get_num_params() - vocabulary  # the input lookup
     assert mlm.flops_per_token(mask_prob=0.3) == pytest.approx(6 * (body + 0.3 * vocabulary) + attention)
     # a classifier computes no vocabulary logits at all
     assert classifier.flops_per_token() == 6 * (classifier.get_num_params() - vocabulary) + attention
@@ -242,8 +242,8 @@ def test_masking_statistics(corpus_dir, pack, mask_prob):
     generator = torch.Generator().manual_seed(0)
     counts = dict(tokens=0, chosen=0, masked=0, kept=0)
     for _ in range(20):
-        rows = data.sample('train', 32, generator)
-        originals = data.padded([data.sequence('train', row >> MASK_SEED_BITS) for row in rows.tolist()], data.pad_id)
+        rows = data.draw('train', 32, generator)
+        originals = data.pad([data.sequence('train', row >> MASK_SEED_BITS) for row in rows.tolist()])
         inputs, targets, _, predict_at = data.batch('train', rows)
         assert torch.equal(predict_at, (targets.flatten() != -1).nonzero()[:, 0])  # where the loss is
         chosen = targets != -1
@@ -269,7 +269,7 @@ def test_rows_are_packed_or_one_sentence_each(corpus_dir):
     first = single.splits['train'][0]
     assert single.sequence('train', 0).tolist() == [single.cls_id, *first.tolist(), single.sep_id]
     assert row[1:len(first) + 2].tolist() == [*first.tolist(), packed.sep_id]  # packing continues with sentence 1
-    rows = single.sample('train', 16, torch.Generator().manual_seed(0))
+    rows = single.draw('train', 16, torch.Generator().manual_seed(0))
     lengths = single.splits['train'].lengths((rows >> MASK_SEED_BITS).numpy())
     assert (np.diff(lengths) >= 0).all()  # sorted by length: micro-batches hold similar lengths
 
@@ -281,12 +281,12 @@ def test_masks_are_fresh_each_draw_and_reproducible(corpus_dir):
     first, second = data.batch('train', sentences | 1)[:2], data.batch('train', sentences | 2)[:2]
     assert not torch.equal(first[1], second[1])  # the same sentences, masked differently
     assert all(torch.equal(a, b) for a, b in zip(first, data.batch('train', sentences | 1)))
-    draws = [data.batch('train', data.sample('train', 8, torch.Generator().manual_seed(5)))[:2] for _ in range(2)]
+    draws = [data.batch('train', data.draw('train', 8, torch.Generator().manual_seed(5)))[:2] for _ in range(2)]
     assert all(torch.equal(a, b) for a, b in zip(*draws))  # the same generator state, the same batch
-    rows = data.sample('train', 8, torch.Generator().manual_seed(5))
+    rows = data.draw('train', 8, torch.Generator().manual_seed(5))
     assert data.num_targets('train', rows) == data.num_targets('train', rows[:3]) + data.num_targets('train', rows[3:])
     single = MaskedSentences(corpus_dir, 64, 'cpu', pack_sentences=False)  # rows of different lengths, padded
-    rows = single.sample('train', 8, torch.Generator().manual_seed(5))
+    rows = single.draw('train', 8, torch.Generator().manual_seed(5))
     together, alone = single.batch('train', rows)[:2], single.batch('train', rows[:1])[:2]
     width = alone[0].size(1)
     assert width < together[0].size(1)  # the batch is padded to a longer row
@@ -299,7 +299,7 @@ def test_masks_are_fresh_each_draw_and_reproducible(corpus_dir):
 def test_classification_batches(sst2_dir):
     data = LabelledSentences(sst2_dir, 64, 'cpu')
     assert (data.n_classes, data.label_names) == (2, ['0', '1'])
-    rows = data.sample('val', 16, torch.Generator().manual_seed(0))
+    rows = data.draw('val', 16, torch.Generator().manual_seed(0))
     tokens, labels = data.batch('val', rows)
     assert data.num_targets('val', rows) == 16 and labels.shape == (16,)
     written = (Path(sst2_dir) / 'val.labels.txt').read_text().split('\n')
@@ -314,7 +314,7 @@ def test_classification_batches(sst2_dir):
 
 def test_packed_classification_batches_hold_each_sentence_once_whole_with_its_label(sst2_dir):
     padded, packed = LabelledSentences(sst2_dir, 64, 'cpu'), LabelledSentences(sst2_dir, 64, 'cpu', pack_sentences=True)
-    rows = packed.sample('train', 48, torch.Generator().manual_seed(0))
+    rows = packed.draw('train', 48, torch.Generator().manual_seed(0))
     tokens, labels = padded.batch('train', rows)
     packed_tokens, packed_labels, position_ids, predict_at = packed.batch('train', rows)
     assert torch.equal(predict_at, (position_ids.flatten() == 0).nonzero()[:, 0])  # each [CLS], found on the host

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import model
 import sample
 import train
 from checkpoint import load_checkpoint
@@ -87,12 +88,12 @@ def test_tokens_per_second_count_every_token_read_not_only_the_masked_ones(corpu
     1/mask_prob times the tokens the loss counts), [CLS] sentence [SEP] for a classifier."""
     generator = torch.Generator().manual_seed(0)
     data = MaskedSentences(corpus_dir, 32, 'cpu', mask_prob=0.3, pack_sentences=pack_sentences)
-    rows = data.sample('train', 64, generator)
+    rows = data.draw('train', 64, generator)
     inputs, targets = data.batch('train', rows)[:2]
     assert data.num_inputs('train', rows) == int((inputs != data.pad_id).sum())
     assert data.num_targets('train', rows) == int((targets != -1).sum()) < 0.45 * data.num_inputs('train', rows)
     labelled = LabelledSentences(sst2_dir, 16, 'cpu', pack_sentences=pack_sentences)
-    rows = labelled.sample('train', 64, generator)
+    rows = labelled.draw('train', 64, generator)
     tokens = labelled.batch('train', rows)[0]
     assert labelled.num_inputs('train', rows) == int((tokens != labelled.pad_id).sum())
     assert labelled.num_targets('train', rows) == 64
@@ -239,7 +240,7 @@ def test_encoder_steps_do_not_wait_for_the_device(corpus_dir, sst2_dir, pretrain
     """The forward and backward passes of a masked-LM step and of a packed classifier's: on a GPU, a
     boolean-mask index (the masked tokens, the [CLS]s) would make every micro-step wait for the device."""
     waits, steps = DeviceWaits(), []
-    real_forward, real_backward = train.Encoder.forward, train.Trainer.backward
+    real_forward, real_backward = model.Encoder.forward, train.Trainer.backward
 
     def forward(self, *args, **kwargs):
         with waits:
@@ -249,7 +250,7 @@ def test_encoder_steps_do_not_wait_for_the_device(corpus_dir, sst2_dir, pretrain
         with waits:
             real_backward(self, loss)
         steps.append(waits.count)
-    monkeypatch.setattr(train.Encoder, 'forward', forward)
+    monkeypatch.setattr(model.Encoder, 'forward', forward)
     monkeypatch.setattr(train.Trainer, 'backward', backward)
     args = mlm_args(corpus_dir, tmp_path, max_iters=6, eval_interval=100) if stage == 'pretraining' else \
         finetune_args(sst2_dir, tmp_path, pretrained, max_iters=6, eval_interval=100, pack_sentences=True)

@@ -38,8 +38,8 @@ def padded_batch(tokenizer, texts):
     return ids
 
 
-@pytest.mark.parametrize('options', [dict(), dict(bias=False), dict(mlp='gelu_tanh', tie_embeddings=False)],
-                         ids=['classic', 'no-bias', 'gelu_tanh-untied'])
+@pytest.mark.parametrize('options', [dict(), dict(bias=False), dict(mlp='gelu_tanh')],
+                         ids=['classic', 'no-bias', 'gelu_tanh'])
 def test_masked_lm_export_gives_our_logits_and_fills_masks(tmp_path, tokenizer, options):
     model, checkpoint = checkpoint_of(tokenizer, **options)
     export.export(checkpoint, tmp_path)
@@ -74,7 +74,7 @@ def test_classifier_export_gives_our_logits_and_labels(tmp_path, tokenizer):
 
 
 @pytest.mark.parametrize('option, value', [('pos_emb', 'rope'), ('norm', 'rmsnorm'), ('mlp', 'swiglu'),
-                                           ('qk_norm', True), ('n_kv_head', 1)])
+                                           ('qk_norm', True)])
 def test_options_roberta_cannot_express_are_refused_by_name(tmp_path, tokenizer, option, value):
     _, checkpoint = checkpoint_of(tokenizer, **{option: value})
     with pytest.raises(UserError, match=f"{option}=.*has no RoBERTa equivalent"):

@@ -189,8 +189,8 @@ def test_a_prompt_longer_than_the_block_is_cropped_with_a_warning(trained_dir, c
 def test_kv_cache_select_keeps_and_copies_rows():
     cache = KVCache(max_len=4)
     k = torch.arange(2 * 1 * 3 * 2, dtype=torch.float32).view(2, 1, 3, 2)
+    cache.reserve(3)
     cache.append('layer', k, -k)
-    cache.pos = 3
     cache.select(torch.tensor([1, 1, 0]))
     keys, values = cache.self_kv['layer']
     assert torch.equal(keys[:, :, :3], k[[1, 1, 0]]) and torch.equal(values[:, :, :3], -k[[1, 1, 0]])

@@ -11,6 +11,8 @@ import pytest
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+import checkpoint
+import device
 import model
 import train
 from checkpoint import load_checkpoint, save_checkpoint
@@ -124,7 +126,7 @@ def test_bench_under_torchrun_reports_once_with_mfu_per_device(shakespeare_char_
     r = json.loads(result.stdout)  # one JSON object: rank 1 prints nothing
     config, _ = configure(train.DEFAULTS, tiny_args(shakespeare_char_dir, '.', n_layer=1, n_head=2, n_embd=16,
                                                     block_size=16))
-    gpt = model.GPT(model.GPTConfig(**train.architecture(train.Settings(**config), {'vocab_size': 65})))
+    gpt = model.GPT(model.GPTConfig(**checkpoint.architecture(train.Settings(**config), {'vocab_size': 65})))
     assert r['peak_flops'] > 1e6
     assert r['mfu'] == pytest.approx(gpt.flops_per_token() * r['tokens_per_sec'] / 2 / r['peak_flops'])
 
@@ -153,13 +155,13 @@ def test_fewer_eval_batches_than_processes_is_refused(shakespeare_char_dir, tmp_
 def test_compile_is_turned_off_with_a_reason_below_volta(monkeypatch):
     lines = []
     fake_gpu(monkeypatch, (6, 1), name='Tesla P100-PCIE-16GB')
-    assert train.compiles(True, 'cuda', lines.append) is False
+    assert device.compiles(True, 'cuda', lines.append) is False
     assert lines == ['compile=True turned off: torch.compile needs a GPU of compute capability 7.0 or newer, '
                      'cuda has 6.1']
-    assert train.compiles(False, 'cuda', lines.append) is False and len(lines) == 1
+    assert device.compiles(False, 'cuda', lines.append) is False and len(lines) == 1
     fake_gpu(monkeypatch, (7, 0))
-    assert train.compiles(True, 'cuda', lines.append) is True and len(lines) == 1
-    assert train.compiles(True, 'cpu', lines.append) is True
+    assert device.compiles(True, 'cuda', lines.append) is True and len(lines) == 1
+    assert device.compiles(True, 'cpu', lines.append) is True
 
 
 # ---------------------------------------------------------------------------

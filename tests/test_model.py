@@ -82,7 +82,7 @@ def test_targets_of_minus_one_are_ignored():
 
 def test_sequence_longer_than_block_size_is_a_clear_error():
     model = tiny_gpt()
-    with pytest.raises(ValueError, match='length 17 is longer than block_size 16'):
+    with pytest.raises(ValueError, match='17 positions are more than the 16 this model reads'):
         model(random_tokens(1, 17))
 
 
@@ -199,7 +199,7 @@ def test_crop_block_size_keeps_the_first_positions(pos_emb):
     model.crop_block_size(8)
     assert model.config.block_size == 8
     torch.testing.assert_close(all_logits(model, idx), expected, rtol=0, atol=0)
-    with pytest.raises(ValueError, match='block_size 8'):
+    with pytest.raises(ValueError, match='9 positions are more than the 8 this model reads'):
         model(random_tokens(1, 9))
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.distributed.checkpoint
 import torch.multiprocessing as mp
 
+import data
 import export
 import sample
 import train
@@ -198,11 +199,10 @@ def prepare_on_two_nodes(rank, folders, port, results):
     torch.distributed.init_process_group('gloo', rank=rank, world_size=2)
     os.chdir(folders[rank])
     prepared = []
-    train.AUTO_PREPARED['tiny'] = ('tiny', {}, ())
-    train.prepare_dataset = lambda dataset, data_dir: (prepared.append(data_dir),
-                                                       os.makedirs(data_dir), open(f'{data_dir}/train.bin', 'w'))
-    cfg = train.Settings(dataset='tiny', model_type='gpt')
-    train.prepare_if_missing(cfg, 'data/tiny', rank=rank, local_rank=0)
+    data.AUTO_PREPARED['tiny'] = ('tiny', {}, ())
+    data.prepare_dataset = lambda dataset: (prepared.append(data.data_folder(dataset)),
+                                            os.makedirs(data.data_folder(dataset)), open('data/tiny/train.bin', 'w'))
+    data.prepare_if_missing('tiny', 'gpt', rank=rank, local_rank=0)
     total = torch.tensor([rank + 1.0])
     torch.distributed.all_reduce(total)  # the ranks still pair their collectives
     results[rank] = (prepared, os.path.exists('data/tiny/train.bin'), total.item())

@@ -1,5 +1,5 @@
-"""The modern architecture options of model.py (RoPE, RMSNorm, QK-norm, ReLU^2/SwiGLU, GQA,
-untied embeddings, no biases) and the Muon optimizer, on tiny models."""
+"""The modern architecture options of model.py (RoPE, RMSNorm, QK-norm, ReLU^2/SwiGLU, no biases) and
+the Muon optimizer, on tiny models."""
 import itertools
 import math
 
@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from conftest import widen
 from generate import KVCache
-from model import GPT, Attention, Block, GPTConfig, Seq2SeqConfig, Seq2SeqTransformer, apply_rotary, rotary_tables
+from model import GPT, Block, GPTConfig, Seq2SeqConfig, Seq2SeqTransformer, SelfAttention, apply_rotary, rotary_tables
 
 VOCAB = 32
 BLOCK = 16
@@ -29,8 +29,7 @@ def option_cases():
     them (each with its own period), so that each of their values meets every position encoding."""
     kinds = itertools.product(('learned', 'sinusoidal', 'rope'), ('layernorm', 'rmsnorm'), ('gelu', 'relu2', 'swiglu'))
     for i, (pos_emb, norm, mlp) in enumerate(kinds):
-        yield dict(pos_emb=pos_emb, norm=norm, mlp=mlp, qk_norm=i % 2 == 1, n_kv_head=(0, 2, 1)[i % 3],
-                   tie_embeddings=i % 4 < 2, bias=i % 5 < 3)
+        yield dict(pos_emb=pos_emb, norm=norm, mlp=mlp, qk_norm=i % 2 == 1, bias=i % 5 < 3)
 
 
 def case_id(options):
@@ -40,15 +39,14 @@ def case_id(options):
 def check_structure(model, options):
     """The options really shaped the model."""
     attn = model.transformer.h[0].attn
-    kv_heads = options['n_kv_head'] or 4
-    assert attn.c_attn.out_features == (4 + 2 * kv_heads) * 8
+    assert attn.c_attn.out_features == 3 * 32  # queries, keys and values
     assert (attn.q_norm is not None) == (attn.k_norm is not None) == options['qk_norm']
     norm_class = nn.RMSNorm if options['norm'] == 'rmsnorm' else nn.LayerNorm
     assert isinstance(model.transformer.ln_f, norm_class) and isinstance(model.transformer.h[0].ln_1, norm_class)
     names = [name for name, _ in model.named_parameters()]
     assert ('transformer.wpe.weight' in names) == (options['pos_emb'] == 'learned')
     assert any(name.endswith('.bias') for name in names) == options['bias']
-    assert (model.lm_head.weight is model.transformer.wte.weight) == options['tie_embeddings']
+    assert model.lm_head.weight is model.transformer.wte.weight  # tied
     mlp_width = model.transformer.h[0].mlp.c_proj.in_features
     assert model.transformer.h[0].mlp.c_fc.out_features == (2 if options['mlp'] == 'swiglu' else 1) * mlp_width
 
@@ -94,7 +92,7 @@ def test_rope_attention_scores_depend_only_on_relative_positions():
 def test_kv_cache_fed_in_chunks_gives_the_full_forward_logits(pos_emb):
     """Chunks of 5, 4, then 1 token fed through the cache: each chunk starts at an offset
     (the positions, the rotation angles and the causal mask must all follow it)."""
-    model = tiny_gpt(pos_emb=pos_emb, n_kv_head=2, qk_norm=True).eval()
+    model = tiny_gpt(pos_emb=pos_emb, qk_norm=True).eval()
     seq = random_tokens(2, 12)
     with torch.no_grad():
         full, _ = model(seq, targets=seq)  # with targets: logits at every position
@@ -105,38 +103,28 @@ def test_kv_cache_fed_in_chunks_gives_the_full_forward_logits(pos_emb):
     assert cache.pos == 12
 
 
-def test_gqa_with_as_many_kv_heads_as_heads_is_full_attention():
-    full = tiny_gpt(n_kv_head=0)
-    gqa = tiny_gpt(n_kv_head=4)
-    gqa.load_state_dict(full.state_dict())
-    x = random_tokens(2, BLOCK)
-    assert torch.equal(gqa(x)[0], full(x)[0])
-
-
-@pytest.mark.parametrize('n_kv_head', [1, 2])
-def test_gqa_matches_attention_with_each_kv_head_repeated(n_kv_head):
-    """Query head h reads key/value head h // (n_head / n_kv_head): standard attention after
-    repeat_interleave of the k/v heads, written out here with an explicit softmax."""
+def test_causal_self_attention_is_the_formula_head_by_head():
+    """Each head compares its queries with its keys (its own slice of channels), causally masked, and mixes
+    its values: written out here with an explicit softmax, then the heads side by side and projected."""
     torch.manual_seed(0)
     B, T, n_head, head_dim = 2, 7, 4, 8
-    attn = Attention(GPTConfig(n_head=n_head, n_kv_head=n_kv_head, n_embd=n_head * head_dim, bias=True)).eval()
+    attn = SelfAttention(GPTConfig(n_head=n_head, n_embd=n_head * head_dim, bias=True)).eval()
     x = torch.randn(B, T, n_head * head_dim)
 
     def heads(t):  # (B, T, h * D) -> (B, h, T, D)
         return t.view(B, T, -1, head_dim).transpose(1, 2)
 
-    q, k, v = attn.c_attn(x).split((n_head * head_dim, n_kv_head * head_dim, n_kv_head * head_dim), dim=-1)
-    q, k, v = heads(q), heads(k), heads(v)
-    k, v = k.repeat_interleave(n_head // n_kv_head, dim=1), v.repeat_interleave(n_head // n_kv_head, dim=1)
+    q, k, v = (heads(t) for t in attn.c_attn(x).split(n_head * head_dim, dim=-1))
     scores = q @ k.transpose(-2, -1) / math.sqrt(head_dim)
     scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float('-inf'))
     y = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(B, T, n_head * head_dim)
     with torch.no_grad():
-        torch.testing.assert_close(attn(x), attn.c_proj(y))
+        torch.testing.assert_close(attn(x, is_causal=True), attn.c_proj(y))
+        assert not torch.allclose(attn(x), attn.c_proj(y))  # without the mask: the future is read
 
 
 def test_cached_greedy_generation_equals_full_rerun_with_all_modern_options():
-    model = widen(tiny_gpt(pos_emb='rope', n_kv_head=2, norm='rmsnorm', qk_norm=True, mlp='swiglu').eval())
+    model = widen(tiny_gpt(pos_emb='rope', norm='rmsnorm', qk_norm=True, mlp='swiglu').eval())
     prompt = random_tokens(2, 3)
     cached = model.generate(prompt, 20, temperature=0.0, use_cache=True)  # 23 > BLOCK: crosses the block too
     rerun = model.generate(prompt, 20, temperature=0.0, use_cache=False)
@@ -174,9 +162,9 @@ def params_of(optimizer):
 
 @pytest.mark.parametrize('make_model', [
     lambda: tiny_gpt(),
-    lambda: tiny_gpt(tie_embeddings=False, bias=True, qk_norm=True, mlp='swiglu', n_kv_head=2),
-    lambda: tiny_seq2seq(share_embeddings=False, tie_embeddings=False),
-], ids=['gpt', 'gpt-untied-bias-qknorm', 'seq2seq-untied'])
+    lambda: tiny_gpt(bias=True, qk_norm=True, mlp='swiglu'),
+    lambda: tiny_seq2seq(),
+], ids=['gpt', 'gpt-bias-qknorm-swiglu', 'seq2seq'])
 def test_muon_gets_exactly_the_hidden_matrices(make_model):
     model = make_model()
     muon, adamw = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu', 'muon', muon_momentum=0.8)
@@ -193,7 +181,7 @@ def test_muon_gets_exactly_the_hidden_matrices(make_model):
 
 def test_seq2seq_trains_and_decodes_with_modern_options():
     # no label smoothing, so that the memorised targets become the clear argmax
-    model = tiny_seq2seq(pos_emb='rope', norm='rmsnorm', mlp='swiglu', n_kv_head=2, qk_norm=True, label_smoothing=0.0)
+    model = tiny_seq2seq(pos_emb='rope', norm='rmsnorm', mlp='swiglu', qk_norm=True, label_smoothing=0.0)
     pad, bos, eos = model.config.pad_id, model.config.bos_id, model.config.eos_id
     src = torch.randint(3, VOCAB, (4, 10), generator=torch.Generator().manual_seed(1))
     src[0, 6:] = pad  # one padded sentence: the encoder must ignore the padding
@@ -215,8 +203,8 @@ def test_seq2seq_trains_and_decodes_with_modern_options():
     assert model.generate(src, beam_size=2, use_cache=True) == model.generate(src, beam_size=2, use_cache=False)
 
 
-@pytest.mark.parametrize('options', [dict(), dict(pos_emb='rope', qk_norm=True, n_kv_head=2), dict(n_kv_head=1, norm='rmsnorm')],
-                         ids=['gpt2', 'rope-qknorm-gqa', 'mqa'])
+@pytest.mark.parametrize('options', [dict(), dict(pos_emb='rope', qk_norm=True), dict(pos_emb='sinusoidal', norm='rmsnorm')],
+                         ids=['gpt2', 'rope-qknorm', 'sinusoidal-rmsnorm'])
 def test_attention_written_out_equals_the_fused_kernel(options):
     """fused_attention=False runs q k^T / sqrt(d), mask, softmax, @ v as plain tensor code: same
     numbers as F.scaled_dot_product_attention, for the causal mask, through the KV cache, and

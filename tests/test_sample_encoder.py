@@ -96,8 +96,8 @@ def test_one_sentence_gets_its_label_and_probability(classifier_dir, tokenizer, 
 
 def test_labels_do_not_depend_on_the_batch(classifier_dir, tokenizer):
     model = write_checkpoint(classifier_dir, tokenizer, 2)
-    alone = [generate.classify(model, tokenizer, [s])[0] for s in SENTENCES[:6]]
-    together = generate.classify(model, tokenizer, SENTENCES[:6], batch_size=4)
+    alone = [generate.label_sentences(model, tokenizer, [s])[0] for s in SENTENCES[:6]]
+    together = generate.label_sentences(model, tokenizer, SENTENCES[:6], batch_size=4)
     assert [label for label, _ in alone] == [label for label, _ in together]
     for (_, p), (_, q) in zip(alone, together):
         assert p == pytest.approx(q, abs=1e-5)

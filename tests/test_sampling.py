@@ -33,7 +33,7 @@ def rows_by_rank(trainer, world, steps):
     for rank in range(world):
         trainer.rank, trainer.world = rank, world
         trainer.accum = trainer.cfg.gradient_accumulation_steps // world
-        trainer.data_rng = EpochSampler(trainer.data.num_rows('train'), trainer.cfg.seed)
+        trainer.sampler = EpochSampler(trainer.data.num_rows('train'), trainer.cfg.seed)
         for step in taken:
             micro_batches, _ = trainer.micro_batches()
             step.append(torch.cat([rows for _, rows, _ in micro_batches]))
@@ -55,7 +55,7 @@ def test_epoch_sampling_visits_every_window_once_per_epoch(epoch_trainer):
     assert torch.equal(first.sort().values, every_window)  # each non-overlapping window exactly once
     assert torch.equal(second.sort().values, every_window)
     assert not torch.equal(first, second)  # each epoch has its own order
-    assert epoch_trainer.data_rng.epoch == 2
+    assert epoch_trainer.sampler.epoch == 2
 
 
 @pytest.mark.parametrize('world', [2, 4])
@@ -165,8 +165,8 @@ def test_aligned_rows_all_begin_at_a_document_start(tmp_path):
     for segment_start in stream.packs['train'][0]:
         assert int(segment_start) in starts
     # both samplers draw pack numbers
-    assert stream.sample('train', 5, torch.Generator().manual_seed(0)).max() < n
-    assert torch.equal(stream.sample('train', n, EpochSampler(n, 0)).sort().values, torch.arange(n))
+    assert stream.draw('train', 5, torch.Generator().manual_seed(0)).max() < n
+    assert torch.equal(stream.draw('train', n, EpochSampler(n, 0)).sort().values, torch.arange(n))
 
 
 def test_align_documents_needs_a_separator(shakespeare_char_dir, gpt2_bpe, tmp_path, capsys):

@@ -15,7 +15,7 @@ import train
 from checkpoint import load_checkpoint, model_from_checkpoint
 from conftest import needs, widen
 from data import SentencePairs
-from model import Attention, Seq2SeqConfig, Seq2SeqTransformer
+from model import CrossAttention, Seq2SeqConfig, Seq2SeqTransformer
 from tokenizer import load_meta, tokenizer_from_meta
 
 PAD, BOS, EOS = 0, 1, 2  # Seq2SeqConfig's defaults, and what prepare/multi30k.py assigns
@@ -66,13 +66,14 @@ def test_changing_a_source_token_changes_every_target_position():
 def test_only_real_source_positions_are_read(where, is_read):
     """Noise added to the encoder's input at <pad> positions changes no logit: neither the encoder's
     self-attention nor the decoder's cross-attention reads them. The same noise at a real token does."""
-    model = tiny_model(share_embeddings=False)  # so that the hook below sees only the source
+    model = tiny_model()
     src = torch.cat((random_tokens(1, 4), torch.full((1, 3), PAD)), dim=1)
     tgt_in = random_tokens(1, 5, seed=2)
     noisy_positions = (src == PAD) if where == 'padding' else torch.arange(7) == 1
     noise = torch.randn(1, 7, 32) * noisy_positions[..., None]
     clean = logits_of(model, src, tgt_in)
-    model.src_emb.register_forward_hook(lambda module, inputs, output: output + noise)
+    # on the source's positions' output: the embedding itself is shared with the target
+    model.src_pos.register_forward_hook(lambda module, inputs, output: (output[0] + noise, output[1]))
     noisy = logits_of(model, src, tgt_in)
     assert ((noisy - clean).abs().max() > 1e-3) == is_read
     if not is_read:
@@ -194,7 +195,7 @@ def test_cross_attention_keys_and_values_are_computed_once_per_sentence(monkeypa
     translation; without it, once per generated token (which shows that the count works)."""
     model, src = tiny_model(), random_tokens(2, 5)
     projections, decoder_calls = [], []
-    project_memory, decode = Attention.project_memory, model.decode
+    project_memory, decode = CrossAttention.project_memory, model.decode
 
     def counting_project_memory(self, memory):
         projections.append(self)
@@ -204,7 +205,7 @@ def test_cross_attention_keys_and_values_are_computed_once_per_sentence(monkeypa
         decoder_calls.append(1)
         return decode(*args, **kwargs)
 
-    monkeypatch.setattr(Attention, 'project_memory', counting_project_memory)
+    monkeypatch.setattr(CrossAttention, 'project_memory', counting_project_memory)
     monkeypatch.setattr(model, 'decode', counting_decode)
     cross_attentions = [block.cross_attn for block in model.decoder]
     model.generate(src, MAX_NEW_TOKENS, beam_size=beam_size, use_cache=True)
@@ -342,7 +343,7 @@ def test_a_sentence_twice_the_trained_length_is_translated_not_refused(pos_emb, 
     assert len(out) == 4 and out[2] == ''
     assert out[0] == generate.translate(model, lines[:1], NumberTokenizer(), beam_size=2)[0]
     if pos_emb == 'learned':  # no position past 16: the first 16 tokens, and one warning naming the line
-        assert err.splitlines() == ["warning: 1 sentence(s) longer than the model's src_block_size of 16 tokens "
+        assert err.splitlines() == ["warning: 1 sentence(s) longer than the model reads (16 tokens) "
                                     "translated from their first 16 tokens: line(s) 2"]
         first_16 = ' '.join(long_line.split()[:16])
         assert out[1] == generate.translate(model, [first_16], NumberTokenizer(), beam_size=2)[0]
@@ -350,4 +351,4 @@ def test_a_sentence_twice_the_trained_length_is_translated_not_refused(pos_emb, 
         assert err == ''
         src = torch.tensor([NumberTokenizer().encode(long_line)])
         assert model.generate(src, beam_size=2) == [NumberTokenizer().encode(out[1])]
-        assert model.src_pos.max_len() >= 32
+        assert len(model.src_pos.table if pos_emb == 'sinusoidal' else model.src_pos.cos) >= 32  # grown

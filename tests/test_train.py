@@ -68,7 +68,7 @@ def file_bytes(folder):
 
 def test_batch_targets_are_inputs_shifted_by_one(shakespeare_char_dir):
     stream = TokenStream(str(shakespeare_char_dir), block_size=32, device='cpu')
-    rows = stream.sample('train', 8, torch.Generator().manual_seed(0))
+    rows = stream.draw('train', 8, torch.Generator().manual_seed(0))
     x, y = stream.batch('train', rows)
     assert x.shape == y.shape == (8, 32) and x.dtype == y.dtype == torch.int64
     tokens = np.fromfile(shakespeare_char_dir / 'train.bin', dtype=np.uint16).astype(np.int64)
@@ -80,9 +80,9 @@ def test_batch_targets_are_inputs_shifted_by_one(shakespeare_char_dir):
 
 def test_rows_are_drawn_by_the_seeded_generator(shakespeare_char_dir):
     stream = TokenStream(str(shakespeare_char_dir), block_size=32, device='cpu')
-    first = stream.sample('val', 8, torch.Generator().manual_seed(0))
-    assert torch.equal(stream.sample('val', 8, torch.Generator().manual_seed(0)), first)
-    assert not torch.equal(stream.sample('val', 8, torch.Generator().manual_seed(1)), first)
+    first = stream.draw('val', 8, torch.Generator().manual_seed(0))
+    assert torch.equal(stream.draw('val', 8, torch.Generator().manual_seed(0)), first)
+    assert not torch.equal(stream.draw('val', 8, torch.Generator().manual_seed(1)), first)
 
 
 # ---------------------------------------------------------------------------
