@@ -45,8 +45,8 @@ class TransformerConfig:
     fused_attention: bool = True  # PyTorch's fused kernel; False runs the formula as written (same numbers, slower)
 
     def __post_init__(self):
-        for name in ('vocab_size', 'n_layer', 'n_head', 'n_embd'):
-            if getattr(self, name) <= 0:
+        for name in ('vocab_size', 'n_layer', 'n_head', 'n_embd', 'block_size', 'src_block_size', 'tgt_block_size'):
+            if getattr(self, name, 1) <= 0:  # (the block sizes: the models that have them)
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
@@ -68,11 +68,6 @@ class TransformerConfig:
 class GPTConfig(TransformerConfig):
     block_size: int = 1024  # longest sequence (context) the model reads
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.block_size <= 0:
-            raise ValueError(f"block_size must be positive, got {self.block_size}")
-
 
 @dataclass
 class Seq2SeqConfig(TransformerConfig):
@@ -89,11 +84,6 @@ class Seq2SeqConfig(TransformerConfig):
     bos_id: int = 1
     eos_id: int = 2
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.src_block_size <= 0 or self.tgt_block_size <= 0:
-            raise ValueError("src_block_size and tgt_block_size must be positive")
-
 
 @dataclass
 class EncoderConfig(TransformerConfig):
@@ -105,8 +95,6 @@ class EncoderConfig(TransformerConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.block_size <= 0:
-            raise ValueError(f"block_size must be positive, got {self.block_size}")
         if self.n_classes < 0 or self.n_classes == 1:
             raise ValueError(f"n_classes must be 0 (masked-language model) or at least 2, got {self.n_classes}")
         if not 0 <= self.pad_id < self.vocab_size:
@@ -145,11 +133,9 @@ def tie_weights(output_layer, embedding):
 
 
 class Positions(nn.Module):
-    """What the three kinds of positions share. Each takes the token vectors x (B, T, C) and `at`, which
-    positions they are: a slice (start..start+T-1) or position ids (B, T), `end` one past the largest; it
-    returns x with positions added, and the rotary tables (cos, sin) that attention uses, or None.
-    `limit`: the most positions the model reads, checked here, the one place (generate.py crops to it);
-    None: any number (computed positions grow)."""
+    """What the three kinds share. forward(x, at, end): the token vectors x (B, T, C) at positions `at` (a slice
+    or position ids (B, T)), `end` one past the largest -> (x with positions added, rotary tables or None).
+    `limit`: the most positions the model reads, checked here alone (generate.py crops to it); None: any."""
 
     def __init__(self, limit):
         super().__init__()
@@ -165,8 +151,7 @@ class Positions(nn.Module):
 
 
 class LearnedPositions(Positions):
-    """GPT-2's wpe and BERT's: a trained vector per position, added to the token's. There is one for
-    each of max_len positions: no input is longer."""
+    """GPT-2's wpe and BERT's: a trained vector per position, added to the token's; max_len of them."""
 
     def __init__(self, config, max_len, limit=None):
         super().__init__(max_len)
@@ -229,19 +214,14 @@ class RotaryPositions(Positions):
     def __init__(self, config, max_len, limit=None):
         super().__init__(limit)
         self.head_dim = config.head_dim
-        self.make_tables(max_len)
-
-    def make_tables(self, length):
-        cos, sin = rotary_tables(length, self.head_dim)
-        if hasattr(self, 'cos'):  # grown: the old tables' device and dtype
-            cos, sin = cos.to(self.cos), sin.to(self.sin)
+        cos, sin = rotary_tables(max_len, self.head_dim)
         self.register_buffer('cos', cos, persistent=False)
         self.register_buffer('sin', sin, persistent=False)
 
     def forward(self, x, at, end):
         self.check(end)
-        if end > len(self.cos):
-            self.make_tables(max(end, 2 * len(self.cos)))
+        if end > len(self.cos):  # the new tables take the old ones' device and dtype
+            self.cos, self.sin = (t.to(self.cos) for t in rotary_tables(max(end, 2 * len(self.cos)), self.head_dim))
         return x, (self.cos[at].to(x.dtype), self.sin[at].to(x.dtype))
 
 
