@@ -7,7 +7,8 @@ Measure how fast a training configuration trains and samples, with train.py's ow
 
 Training: `warmup_steps` real training steps (forward, backward, clipping, optimizer step, with
 the run's dtype, autocast and torch.compile), then the clock runs over `measure_steps` more:
-tokens/s, ms per step, MFU against the device's peak FLOP/s, peak memory.
+tokens/s, ms per step, MFU against the device's peak FLOP/s; then one more step's peak memory
+(step_memory), the parameters trained and the optimizer's state.
 Sampling (GPT models): greedy generation of `sample_tokens` new tokens from a one-token prompt,
 once with the KV cache and once re-running the whole context at every step, and their ratio; then
 `sample_rows` samples (temperature 0.8, top-k 200, as sample.py) generated one at a time and as one
@@ -19,6 +20,7 @@ wandb stays off.
 """
 
 import copy
+import ctypes
 import json
 import resource
 import sys
@@ -35,6 +37,7 @@ from errors import UserError
 from data import Batches, data_folder, prepare_if_missing
 from device import PackedLinear, one_token_steps, pack_for_inference, synchronize
 from model import Seq2SeqTransformer
+from sharding import local_bytes
 from tokenizer import load_meta
 
 # The benchmark's settings, on top of train.py's (kept in a dict: a variable named json would hide the module)
@@ -105,12 +108,34 @@ class BenchTrainer(train.Trainer):
         return meta, None
 
 
-def peak_memory(device):
-    """(MiB, what was measured): the most memory tensors took on a GPU, else the process's peak RSS."""
-    if torch.device(device).type == 'cuda':
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20, 'cuda max allocated'
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return rss / (2 ** 20 if sys.platform == 'darwin' else 2 ** 10), 'max RSS'
+def step_memory(trainer):
+    """(MiB, what was measured) of one more training step. A GPU: the most memory tensors took in it
+    (max_memory_allocated; the weights and optimizer state included). A CPU (Linux): the peak of the
+    process's resident memory above its level just before the step, the step's own: malloc's free memory
+    handed back first (malloc_trim, or the step would reuse it unseen), the peak (VmHWM) reset to the
+    current level by writing 5 to /proc/self/clear_refs, then VmHWM after the step less VmRSS before it.
+    Elsewhere: the process's peak RSS since it started."""
+    if trainer.device_type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(trainer.device)
+        trainer.train_step()
+        return torch.cuda.max_memory_allocated(trainer.device) / 2 ** 20, 'cuda max allocated'
+    try:
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+    except OSError:  # not Linux with glibc
+        trainer.train_step()
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return rss / (2 ** 20 if sys.platform == 'darwin' else 2 ** 10), 'max RSS'
+    idle = resident_kib('VmRSS')
+    trainer.train_step()
+    return (resident_kib('VmHWM') - idle) / 2 ** 10, 'RSS above idle'
+
+
+def resident_kib(field):
+    """A memory figure of /proc/self/status, in KiB: VmRSS (resident now) or VmHWM (its peak)."""
+    with open('/proc/self/status') as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ':'))
 
 
 def measure_training(trainer, warmup_steps, measure_steps):
@@ -122,7 +147,7 @@ def measure_training(trainer, warmup_steps, measure_steps):
         tokens += trainer.train_step()[1]  # tokens the global batch fed the model
     synchronize(trainer.device)
     step_time = (time.perf_counter() - t0) / measure_steps
-    memory, memory_kind = peak_memory(trainer.device)
+    memory, memory_kind = step_memory(trainer)
     return {
         'tokens_per_iter': tokens / measure_steps,
         'ms_per_iter': step_time * 1000,
@@ -132,6 +157,9 @@ def measure_training(trainer, warmup_steps, measure_steps):
         'peak_flops': trainer.peak if trainer.master else None,
         'peak_memory_mib': memory,
         'peak_memory_kind': memory_kind,
+        # what LoRA shrinks: the parameters trained (of all), and AdamW's state for them
+        'trained_params': sum(p.numel() for p in trainer.raw_model.parameters() if p.requires_grad),
+        'optimizer_state_bytes': local_bytes(trainer.raw_model, trainer.optimizers)['optimizer'],
     }
 
 
@@ -217,7 +245,9 @@ def print_table(r):
         print(f"  tokens/s        {r['tokens_per_sec']:,.0f}  ({r['tokens_per_iter']:,.0f} per step)")
         print(f"  ms/iter         {r['ms_per_iter']:.2f}")
         print(f"  MFU             {r['mfu'] * 100:.2f}%  of {r['peak_flops']:.3g} FLOP/s")
-        print(f"  peak memory     {r['peak_memory_mib']:,.0f} MiB  ({r['peak_memory_kind']})")
+        print(f"  peak memory     {r['peak_memory_mib']:,.0f} MiB  ({r['peak_memory_kind']}, one step)")
+        print(f"  trained         {r['trained_params']:,} parameters, {r['optimizer_state_bytes'] / 2 ** 20:,.1f} MiB of "
+              f"optimizer state")
     if 'sample_cache_speedup' in r:
         print(f"greedy sampling, {r['sample_new_tokens']} new tokens from a one-token prompt "
               f"({'packed' if r['sample_packed_weights'] else 'plain'} Linear weights):")

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from errors import UserError
+from lora import add_lora, changed_weights, frozen_hash, frozen_names, merge_lora
 from model import GPT, Encoder, EncoderConfig, GPTConfig, Seq2SeqConfig, Seq2SeqTransformer, config_fields
 from optim import restore_optimizers
 from tokenizer import TiktokenTokenizer, hf_tokenizer, load_meta, tokenizer_from_meta
@@ -196,8 +197,9 @@ def pretrained_gpt(name_or_folder, overrides):
                         f"or export.py's)") from None
 
 
-def model_from_checkpoint(checkpoint, model_type=None):
-    """Build the checkpoint's model and load its weights."""
+def model_from_checkpoint(checkpoint, model_type=None, adapters=False):
+    """Build the checkpoint's model and load its weights. A LoRA run's: its base's weights, then its adapters and
+    what else it trained, merged into plain weights unless `adapters` (a resumed run trains them on)."""
     kind = checkpoint.get('model_type', 'gpt')
     if model_type is not None and kind != model_type:
         raise UserError(f"the checkpoint holds a {kind} model but model_type is {model_type}: "
@@ -207,14 +209,49 @@ def model_from_checkpoint(checkpoint, model_type=None):
         model = model_class(config_class(**checkpoint['model_args']))
     except (TypeError, ValueError) as e:
         raise UserError(f"the checkpoint's model settings are not valid for this code: {e}") from None
+    if checkpoint.get('lora'):
+        model = adapted(with_base_weights(model, checkpoint['lora']['base']), dict(checkpoint['lora']), kind)
     if 'model' not in checkpoint:  # a sharded checkpoint read without its weights: FSDP loads them
         return model
     state = {k.removeprefix('_orig_mod.'): v for k, v in checkpoint['model'].items()}  # saved from a compiled model
-    try:
-        model.load_state_dict(state)
+    try:  # every weight but the frozen ones of a LoRA run, which its base gave
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - frozen_names(model):
+            raise RuntimeError(f"\nmissing {sorted(set(missing) - frozen_names(model))[:3]}, unexpected {unexpected[:3]}")
     except RuntimeError as e:
         detail = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
         raise UserError(f"the checkpoint's weights do not fit its model settings ({detail[:150]})") from None
+    return model if adapters else merge_lora(model)
+
+
+def lora_record(cfg):
+    """What a LoRA run's checkpoint says of its adapters and base (a GPT-2 name, or a folder's full path); the
+    base's hash is added by adapted()."""
+    base = cfg.init_from if cfg.init_from in GPT2_NAMES else os.path.abspath(cfg.init_from)
+    return {'rank': cfg.lora_rank, 'alpha': cfg.lora_alpha, 'targets': cfg.lora_targets, 'base': base}
+
+
+def adapted(model, lora, kind):
+    """`model` frozen, with the LoRA adapters of `lora` (lora_record's); an encoder's head trains too (it starts
+    fresh on fine-tuning). A record that has the base's hash (a checkpoint loaded again) is checked against the
+    weights just frozen; one that has none gets it. The record goes with the model, for its checkpoints."""
+    add_lora(model, lora['rank'], lora['alpha'], lora['targets'], Encoder.HEADS if kind == 'encoder' else ())
+    base_hash = frozen_hash(model)
+    if lora.setdefault('base_hash', base_hash) != base_hash:
+        raise UserError(f"the LoRA base {lora['base']} is not the model these adapters were trained on (its weights "
+                        f"differ): restore that model there, or fine-tune again")
+    model.lora = lora
+    return model
+
+
+def with_base_weights(model, base):
+    """`model` with the weights of a LoRA run's base: GPT-2's (a hub name or a folder) or a run's (its out_dir)."""
+    try:
+        source = pretrained_gpt(base, {'block_size': model.config.block_size}) if is_pretrained(base) else \
+            model_from_checkpoint(load_checkpoint(base))
+        (model.load_body if isinstance(model, Encoder) else model.load_state_dict)(source.state_dict())
+    except (UserError, ValueError, RuntimeError) as e:
+        raise UserError(f"the LoRA base {base}: {str(e).splitlines()[0][:200]}") from None
     return model
 
 
@@ -277,7 +314,7 @@ def save_sharded(out_dir, model, optimizers, extra, keep_last=0):
     from distributed import rank0_decides
     name = rank0_decides(lambda: fresh_dcp_name(out_dir, extra['iter_num']))
     model_state, optim_state = get_state_dict(model, optimizers)
-    dcp.save({'model': model_state, 'optimizer': optim_state, 'extra': pickled(extra)},
+    dcp.save({'model': changed_weights(model_state, model), 'optimizer': optim_state, 'extra': pickled(extra)},
              checkpoint_id=os.path.join(out_dir, name))
     dist.barrier()  # every shard and the metadata written
     if dist.get_rank() == 0:
@@ -319,16 +356,17 @@ def load_sharded(path, model, optimizers):
     """Load a DCP checkpoint into a sharded model and its optimizers: each rank reads the pieces of
     its own shards, whatever the number of ranks that saved it."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
     model_state, optim_state = get_state_dict(model, optimizers)  # templates: the shapes and shards wanted
-    state = {'model': model_state, 'optimizer': optim_state}
+    state = {'model': changed_weights(model_state, model), 'optimizer': optim_state}
     try:
         dcp.load(state, checkpoint_id=path)
     except BaseException as e:  # DCP's CheckpointException is a BaseException, not an Exception
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
         raise unreadable(path, e) from None
-    set_state_dict(model, optimizers, model_state_dict=state['model'], optim_state_dict=state['optimizer'])
+    set_state_dict(model, optimizers, model_state_dict=state['model'], optim_state_dict=state['optimizer'],
+                   options=StateDictOptions(strict=False))  # not the frozen weights: the base gave them
 
 
 def load_keys(keys, path):
@@ -421,6 +459,13 @@ def adopt_architecture(cfg, explicit, resuming):
     for key in sorted(ARCH_SETTINGS - TRAINING_ONLY - set(explicit)):
         if hasattr(cfg, key) and saved_name(cfg, key) in saved:
             setattr(cfg, key, saved[saved_name(cfg, key)])
+    lora = (checkpoint.get('lora') or {'rank': 0}) if resuming else {}
+    for key, value in lora.items():  # a resumed run keeps its LoRA settings
+        if f'lora_{key}' in explicit and getattr(cfg, f'lora_{key}') != value:
+            raise UserError(f"--lora_{key}={getattr(cfg, f'lora_{key}')} differs from the checkpoint's {value}: a "
+                            f"resumed run keeps its LoRA settings (drop the flag, or use another out_dir)")
+        if hasattr(cfg, f'lora_{key}'):
+            setattr(cfg, f'lora_{key}', value)
     return source
 
 
@@ -433,7 +478,7 @@ def build_model(cfg, explicit, meta, resuming, source, log):
         checkpoint['model_args'].update(training_only_settings(cfg))
         log(f"resuming from {cfg.out_dir}/{'ckpt.dcp' if 'dcp' in checkpoint else 'ckpt.pt'} at iteration "
             f"{checkpoint['iter_num']}")
-        return model_from_checkpoint(checkpoint, cfg.model_type), checkpoint
+        return model_from_checkpoint(checkpoint, cfg.model_type, adapters=True), checkpoint
     if source is not None:
         model = model_from_run(cfg, source, explicit, meta, log)
     elif is_pretrained(cfg.init_from):
@@ -450,6 +495,10 @@ def build_model(cfg, explicit, meta, resuming, source, log):
     if cfg.model_type == 'encoder':
         what = f"encoder ({f'{model.config.n_classes} classes' if model.config.n_classes else 'masked-LM'})"
     log(f"{what} model with {model.get_num_params() / 1e6:.2f}M parameters")
+    if cfg.lora_rank:
+        adapted(model, lora_record(cfg), cfg.model_type)
+        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log(f"LoRA: {trained:,} parameters trained ({100 * trained / model.get_num_params(False):.2f}%), the rest frozen")
     return model, None
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 from torch.nn import functional as F
 
 # ---------------------------------------------------------------------------
@@ -457,6 +458,28 @@ class Block(nn.Module):
         if self.cross_attn is not None:
             x = x + self.cross_attn(self.ln_cross(x), memory, memory_mask, cache)
         return x + self.mlp(self.ln_2(x))
+
+
+class CheckpointedBlock(Block):
+    """Activation checkpointing (train.py's activation_checkpointing='block'): a Block that keeps only its input
+    for the backward pass and runs its forward again there, instead of keeping every activation inside it: a
+    deep model's activations shrink to one block's, for one more forward pass. torch's non-reentrant checkpoint
+    replays the RNG state, so dropout draws the same masks: the same numbers as a Block."""
+
+    def forward(self, *args, **kwargs):
+        return torch.utils.checkpoint.checkpoint(super().forward, *args, use_reentrant=False, **kwargs)
+
+
+def checkpoint_blocks(net):
+    """Turn every Block of `net` into a CheckpointedBlock in place (the same weights and names; FSDP2 swaps
+    classes the same way, after this). Returns net."""
+    for block in net.modules():
+        if type(block) is Block:
+            block.__class__ = CheckpointedBlock
+    return net
+
+
+ACTIVATION_CHECKPOINTING = {'none': lambda net: net, 'block': checkpoint_blocks}  # train.py's setting: what it does
 
 
 # ---------------------------------------------------------------------------

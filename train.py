@@ -35,7 +35,9 @@ from data import EpochSampler, MaskedSentences, data_folder, load_dataset, prepa
 from device import (DTYPES, autocast, compiles, keep_freed_memory, muon_class, peak_flops, resolve_device, speed_up,
                     training_dtype)
 from errors import UserError
+from lora import changed_weights, target_parts
 from metrics import RunLog
+from model import ACTIVATION_CHECKPOINTING
 from optim import NonFiniteSteps
 from tokenizer import load_meta
 
@@ -81,6 +83,10 @@ qk_norm = False
 mlp = 'gelu'  # 'gelu' | 'gelu_tanh' | 'relu2' | 'swiglu'
 fused_attention = True  # PyTorch's fused attention kernel; False runs model.scaled_dot_product_attention, the formula written out
 label_smoothing = 0.1  # seq2seq, and an encoder's classifier (not its masked-LM head)
+# LoRA: fine-tune init_from's model through low-rank adapters, its weights frozen
+lora_rank = 0  # the adapters' rank; 0 = no LoRA (the whole model trains)
+lora_alpha = 16.0  # the adapters' output is scaled by lora_alpha / lora_rank
+lora_targets = 'attn'  # the Linear layers adapted: 'attn' (attention's projections) | 'mlp' | 'attn+mlp'
 # optimizer
 optimizer = 'adamw'  # 'adamw' | 'muon' (Muon for hidden matrices, AdamW for the rest)
 muon_momentum = 0.95  # Muon's momentum; AdamW's are beta1 and beta2
@@ -105,6 +111,7 @@ backend = 'auto'  # 'nccl' | 'gloo' | 'auto' (nccl on GPU, gloo on CPU)
 device = 'auto'  # 'cpu' | 'cuda' | 'cuda:1' | 'mps' | 'auto' (the best present)
 dtype = 'auto'  # 'float32' | 'bfloat16' | 'float16' (with a gradient scaler) | 'auto' (bf16 where GPU or CPU has it)
 compile = False  # torch.compile the model: faster steps on GPU after a minute of compiling
+activation_checkpointing = 'none'  # 'none' | 'block' (each block's activations recomputed in the backward pass instead of kept: far less memory, ~1/3 more compute)
 fsdp = False  # shard parameters, gradients and AdamW's state over the ranks (FSDP2; checkpoints become sharded out_dir/ckpt.dcp): for models whose training state outgrows one device
 seed = 1337
 # -----------------------------------------------------------------------------
@@ -139,7 +146,7 @@ def validate_settings(cfg):
                 'block_size', 'n_layer', 'n_head', 'n_embd'):
         if getattr(cfg, key) <= 0:
             raise UserError(f"{key} must be positive, got {getattr(cfg, key)}")
-    for key in ('max_iters', 'keep_last', 'warmup_iters', 'max_time', 'grad_clip', 'weight_decay', 'vocab_size'):
+    for key in ('max_iters', 'keep_last', 'warmup_iters', 'max_time', 'grad_clip', 'weight_decay', 'vocab_size', 'lora_rank'):
         if getattr(cfg, key) < 0:
             raise UserError(f"{key} must not be negative, got {getattr(cfg, key)}")
     if cfg.learning_rate <= 0 or cfg.min_lr < 0:
@@ -150,7 +157,7 @@ def validate_settings(cfg):
         raise UserError(f"lr_decay_iters ({cfg.lr_decay_iters}) must be larger than warmup_iters ({cfg.warmup_iters})")
     choices = {'model_type': ('gpt', 'seq2seq', 'encoder'), 'dtype': ('auto', 'float32', 'bfloat16', 'float16'),
                'backend': ('auto', 'nccl', 'gloo'), 'optimizer': ('adamw', 'muon'), 'lr_schedule': ('cosine', 'linear'),
-               'sampling': ('random', 'epoch')}
+               'sampling': ('random', 'epoch'), 'activation_checkpointing': tuple(ACTIVATION_CHECKPOINTING)}
     if cfg.init_from.startswith('gpt2') and not is_pretrained(cfg.init_from):
         choices['init_from'] = GPT2_NAMES
     for key, allowed in choices.items():
@@ -161,6 +168,9 @@ def validate_settings(cfg):
                         f"weights (config.json) or a run's out_dir; {cfg.init_from!r} has no ckpt.pt or ckpt.dcp")
     if cfg.model_type != 'gpt' and is_pretrained(cfg.init_from):
         raise UserError("GPT-2 weights initialise a gpt model only: use --model_type=gpt")
+    if cfg.lora_rank and (cfg.init_from == 'scratch' or target_parts(cfg.lora_targets) is None):
+        raise UserError(f"LoRA (lora_rank > 0) fine-tunes a trained model: it needs init_from (GPT-2, a folder of its "
+                        f"weights or a run's out_dir) and lora_targets 'attn', 'mlp' or 'attn+mlp' (got {cfg.lora_targets!r})")
     if not 0.0 < cfg.mask_prob < 1.0:
         raise UserError(f"mask_prob must be between 0 and 1, got {cfg.mask_prob}")
     if cfg.fsdp and cfg.optimizer == 'muon':
@@ -226,7 +236,8 @@ class Trainer:
             else torch.Generator().manual_seed(cfg.seed)
         self.iter_num, self.best_val_loss, self.elapsed = 0, float('inf'), 0.0
         self.model, checkpoint = build_model(cfg, explicit, self.meta, self.resuming, source, self.log)
-        self.raw_model = speed_up(self.model.to(self.device), self.device_type, self.dtype)
+        self.raw_model = ACTIVATION_CHECKPOINTING[cfg.activation_checkpointing](  # before FSDP, which wraps each block
+            speed_up(self.model.to(self.device), self.device_type, self.dtype))
         self.clip = torch.nn.utils.clip_grad_norm_
         if cfg.fsdp:  # sharded in place, each block compiled first when compile=True; the norm is over all shards
             import sharding
@@ -362,7 +373,7 @@ class Trainer:
         """Everything that decides what comes next, so that a resumed run continues exactly."""
         self.non_finite.report(*self.non_finite.read().tolist(), self.iter_num, self.cfg.out_dir, self.log)
         checkpoint = {
-            'model': self.raw_model.state_dict(), 'optimizer': [opt.state_dict() for opt in self.optimizers],
+            'model': changed_weights(self.raw_model.state_dict(), self.raw_model), 'lora': getattr(self.raw_model, 'lora', None), 'optimizer': [opt.state_dict() for opt in self.optimizers],
             'scaler': self.scaler.state_dict(), 'model_type': self.cfg.model_type,
             'model_args': dict(vars(self.raw_model.config)),
             'iter_num': self.iter_num, 'best_val_loss': self.best_val_loss, 'config': self.config,

@@ -11,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import model
 import sample
 import train
-from checkpoint import load_checkpoint
+from checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import configure
 from data import LabelledSentences, MaskedSentences
 from prepare import mlm_corpus, sst2
@@ -257,3 +257,22 @@ def test_encoder_steps_do_not_wait_for_the_device(corpus_dir, sst2_dir, pretrain
     status, out, err = run_script(capsys, train.main, args)
     assert status == 0, err
     assert len(steps) == 6 and steps[-1] == 0
+
+
+def test_lora_finetunes_a_classifier_adapters_and_fresh_head_alone(pretrained, sst2_dir, tmp_path, capsys):
+    """LoRA on the masked-LM's body: the adapters and the new classifier head train, the body stays as it was;
+    the checkpoint holds those alone, and sample.py labels with the body, the adapters and the head together."""
+    out_dir = tmp_path / 'lora'
+    status, out, err = run_script(capsys, train.main, finetune_args(sst2_dir, out_dir, pretrained, max_iters=10,
+                                                                     lora_rank=4, lora_targets='attn+mlp'))
+    assert status == 0, err
+    checkpoint = load_checkpoint(str(out_dir))
+    assert {name.split('.')[0] if name.startswith('classifier.') else name.rsplit('.', 1)[-1]
+            for name in checkpoint['model']} == {'classifier', 'lora_A', 'lora_B'}
+    body = {name: w for name, w in load_checkpoint(str(pretrained))['model'].items() if not name.startswith('mlm_head.')}
+    adapted = model_from_checkpoint(checkpoint, adapters=True).state_dict()
+    for name, weight in body.items():
+        assert torch.equal(adapted[name], weight), name
+    status, out, err = run_script(capsys, sample.main, [f'--out_dir={out_dir}', '--device=cpu',
+                                                        '--start=a gorgeous , witty , seductive movie .'])
+    assert status == 0 and 'probability' in out, err

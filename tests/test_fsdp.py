@@ -162,3 +162,23 @@ def test_muon_is_refused_with_fsdp(shakespeare_char_dir, tmp_path, capsys):
     status, _, err = run_script(capsys, train.main, tiny_args(shakespeare_char_dir, tmp_path, fsdp=True,
                                                               optimizer='muon'))
     assert status != 0 and "optimizer='muon' does not work with fsdp=True" in err
+
+
+def test_activation_checkpointing_under_fsdp_on_two_ranks_gives_the_same_losses(shakespeare_char_dir, two_ranks_at_4,
+                                                                                tmp_path):
+    """Each block checkpointed before FSDP wraps it: the losses of the plain 2-rank run, bit for bit."""
+    torchrun(shakespeare_char_dir, tmp_path, max_iters=4, fsdp=True, activation_checkpointing='block')
+    assert losses(tmp_path, 1, 4) == losses(two_ranks_at_4[0], 1, 4)
+
+
+def test_lora_under_fsdp_on_two_ranks_saves_the_adapters_alone(shakespeare_char_dir, straight, tmp_path, capsys):
+    """LoRA on a sharded run's weights, sharded over two ranks: the losses of one plain process; the sharded
+    checkpoint holds the adapters (not the frozen base, nor a tied copy of it), and a plain run resumes from it."""
+    lora = dict(init_from=straight[0], lora_rank=4, lora_targets='attn+mlp', max_iters=4)
+    torchrun(shakespeare_char_dir, tmp_path / 'fsdp', fsdp=True, **lora)
+    one_process(capsys, shakespeare_char_dir, tmp_path / 'plain', **lora)
+    assert losses(tmp_path / 'fsdp', 1, 4) == pytest.approx(losses(tmp_path / 'plain', 1, 4), rel=1e-5)
+    checkpoint = load_checkpoint(str(tmp_path / 'fsdp'))
+    assert checkpoint['model'] and all(name.endswith(('lora_A', 'lora_B')) for name in checkpoint['model'])
+    one_process(capsys, shakespeare_char_dir, tmp_path / 'fsdp', init_from='resume', max_iters=6)
+    assert set(training_losses(tmp_path / 'fsdp')) == set(range(1, 7))
