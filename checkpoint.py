@@ -314,7 +314,7 @@ def save_sharded(out_dir, model, optimizers, extra, keep_last=0):
     from distributed import rank0_decides
     name = rank0_decides(lambda: fresh_dcp_name(out_dir, extra['iter_num']))
     model_state, optim_state = get_state_dict(model, optimizers)
-    dcp.save({'model': changed_weights(model_state, model), 'optimizer': optim_state, 'extra': pickled(extra)},
+    dcp.save({'model': changed_weights(model, model_state), 'optimizer': optim_state, 'extra': pickled(extra)},
              checkpoint_id=os.path.join(out_dir, name))
     dist.barrier()  # every shard and the metadata written
     if dist.get_rank() == 0:
@@ -358,7 +358,7 @@ def load_sharded(path, model, optimizers):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
     model_state, optim_state = get_state_dict(model, optimizers)  # templates: the shapes and shards wanted
-    state = {'model': changed_weights(model_state, model), 'optimizer': optim_state}
+    state = {'model': changed_weights(model, model_state), 'optimizer': optim_state}
     try:
         dcp.load(state, checkpoint_id=path)
     except BaseException as e:  # DCP's CheckpointException is a BaseException, not an Exception
@@ -514,7 +514,8 @@ def model_from_run(cfg, source, explicit, meta, log):
     else:
         try:
             model = Encoder(EncoderConfig(**{**args, 'n_classes': meta.get('n_classes', 0), 'pad_id': meta['pad_id']}))
-            model.load_body({k.removeprefix('_orig_mod.'): v for k, v in source['model'].items()})
+            weights = model_from_checkpoint(source).state_dict() if source.get('lora') else source['model']  # merged
+            model.load_body({k.removeprefix('_orig_mod.'): v for k, v in weights.items()})
         except ValueError as e:
             raise UserError(f"{cfg.init_from}: {e}") from None
     head = ' (its body: the head starts fresh)' if cfg.model_type == 'encoder' else ''

@@ -6,7 +6,7 @@ and AdamW's state are those of the adapters alone; a checkpoint holds them and t
     add_lora(net, rank, alpha, targets)   freeze net's weights, adapt the Linear layers of `targets`
     merge_lora(net)                       W + B·A·alpha/r as plain Linear layers: a model like any other
     frozen_hash(net)                      what identifies the base: a hash of the frozen weights
-    changed_weights(state, net)           what a checkpoint stores: every weight but the frozen ones
+    changed_weights(net)                  what a checkpoint stores: every weight but the frozen ones
 """
 
 import hashlib
@@ -19,7 +19,7 @@ from torch.nn import functional as F
 import model
 from device import swap_modules
 
-TARGETS = {'attn': (model.Attention,), 'mlp': (model.MLP,)}  # lora_targets' parts: the modules whose Linears adapt
+TARGETS = {'attn': model.Attention, 'mlp': model.MLP}  # lora_targets' parts: the modules whose Linear layers adapt
 
 
 class LoRALinear(nn.Linear):
@@ -30,8 +30,9 @@ class LoRALinear(nn.Linear):
     def __init__(self, linear, rank, alpha):
         super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None, device='meta')
         self.weight, self.bias = linear.weight, linear.bias
-        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, dtype=self.weight.dtype))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, dtype=self.weight.dtype))
+        like = dict(dtype=self.weight.dtype, device=self.weight.device)
+        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **like))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, **like))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.scale = alpha / rank
 
@@ -55,17 +56,19 @@ def target_parts(targets):
 def add_lora(net, rank, alpha, targets, trained=()):
     """Freeze every weight of `net` but those whose names start with `trained` (a head that starts fresh), and
     give each Linear layer of the modules `targets` names ('attn', 'mlp', 'attn+mlp') an adapter. In place."""
-    kinds = tuple(kind for part in target_parts(targets) for kind in TARGETS[part])
+    kinds = tuple(TARGETS[part] for part in target_parts(targets))
     for name, p in net.named_parameters():
-        p.requires_grad_(name.startswith(trained) if trained else False)
+        p.requires_grad_(name.startswith(trained))
     for module in [m for m in net.modules() if isinstance(m, kinds)]:
         swap_modules(module, lambda child: LoRALinear(child, rank, alpha) if type(child) is nn.Linear else None)
     return net
 
 
 def merge_lora(net):
-    """Each LoRALinear of `net` replaced by the plain Linear it computes (LoRALinear.merged). In place."""
-    return swap_modules(net, lambda module: module.merged() if isinstance(module, LoRALinear) else None)
+    """Each LoRALinear of `net` replaced by the plain Linear it computes (LoRALinear.merged), every weight
+    trainable again: a model like any other, to sample, export or fine-tune whole (its checkpoints whole). In place."""
+    net.lora = None  # the record of the adapters (checkpoint.adapted): none are left
+    return swap_modules(net, lambda module: module.merged() if isinstance(module, LoRALinear) else None).requires_grad_()
 
 
 def frozen_hash(net):
@@ -75,7 +78,7 @@ def frozen_hash(net):
     for name, p in sorted(net.named_parameters(remove_duplicate=False), key=lambda item: item[0]):
         if not p.requires_grad:
             digest.update(name.encode())
-            digest.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            digest.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
 
 
@@ -84,7 +87,7 @@ def frozen_names(net):
     return {name for name, p in net.named_parameters(remove_duplicate=False) if not p.requires_grad}
 
 
-def changed_weights(state, net):
-    """A state dict of `net` without its frozen weights: all of it for a model trained whole."""
+def changed_weights(net, state=None):
+    """`net`'s state dict (or `state`, one of it) without its frozen weights: all of it for a model trained whole."""
     frozen = frozen_names(net)
-    return {name: tensor for name, tensor in state.items() if name not in frozen}
+    return {name: tensor for name, tensor in (net.state_dict() if state is None else state).items() if name not in frozen}

@@ -111,7 +111,7 @@ backend = 'auto'  # 'nccl' | 'gloo' | 'auto' (nccl on GPU, gloo on CPU)
 device = 'auto'  # 'cpu' | 'cuda' | 'cuda:1' | 'mps' | 'auto' (the best present)
 dtype = 'auto'  # 'float32' | 'bfloat16' | 'float16' (with a gradient scaler) | 'auto' (bf16 where GPU or CPU has it)
 compile = False  # torch.compile the model: faster steps on GPU after a minute of compiling
-activation_checkpointing = 'none'  # 'none' | 'block' (each block's activations recomputed in the backward pass instead of kept: far less memory, ~1/3 more compute)
+activation_checkpointing = 'none'  # 'none' | 'block' (each block's activations recomputed in the backward pass, not kept: less memory, one more forward)
 fsdp = False  # shard parameters, gradients and AdamW's state over the ranks (FSDP2; checkpoints become sharded out_dir/ckpt.dcp): for models whose training state outgrows one device
 seed = 1337
 # -----------------------------------------------------------------------------
@@ -146,7 +146,8 @@ def validate_settings(cfg):
                 'block_size', 'n_layer', 'n_head', 'n_embd'):
         if getattr(cfg, key) <= 0:
             raise UserError(f"{key} must be positive, got {getattr(cfg, key)}")
-    for key in ('max_iters', 'keep_last', 'warmup_iters', 'max_time', 'grad_clip', 'weight_decay', 'vocab_size', 'lora_rank'):
+    for key in ('max_iters', 'keep_last', 'warmup_iters', 'max_time', 'grad_clip', 'weight_decay', 'vocab_size',
+                'lora_rank'):
         if getattr(cfg, key) < 0:
             raise UserError(f"{key} must not be negative, got {getattr(cfg, key)}")
     if cfg.learning_rate <= 0 or cfg.min_lr < 0:
@@ -170,7 +171,8 @@ def validate_settings(cfg):
         raise UserError("GPT-2 weights initialise a gpt model only: use --model_type=gpt")
     if cfg.lora_rank and (cfg.init_from == 'scratch' or target_parts(cfg.lora_targets) is None):
         raise UserError(f"LoRA (lora_rank > 0) fine-tunes a trained model: it needs init_from (GPT-2, a folder of its "
-                        f"weights or a run's out_dir) and lora_targets 'attn', 'mlp' or 'attn+mlp' (got {cfg.lora_targets!r})")
+                        f"weights or a run's out_dir) and lora_targets 'attn', 'mlp' or 'attn+mlp' (got "
+                        f"{cfg.lora_targets!r})")
     if not 0.0 < cfg.mask_prob < 1.0:
         raise UserError(f"mask_prob must be between 0 and 1, got {cfg.mask_prob}")
     if cfg.fsdp and cfg.optimizer == 'muon':
@@ -373,9 +375,9 @@ class Trainer:
         """Everything that decides what comes next, so that a resumed run continues exactly."""
         self.non_finite.report(*self.non_finite.read().tolist(), self.iter_num, self.cfg.out_dir, self.log)
         checkpoint = {
-            'model': changed_weights(self.raw_model.state_dict(), self.raw_model), 'lora': getattr(self.raw_model, 'lora', None), 'optimizer': [opt.state_dict() for opt in self.optimizers],
+            'model': changed_weights(self.raw_model), 'optimizer': [opt.state_dict() for opt in self.optimizers],
             'scaler': self.scaler.state_dict(), 'model_type': self.cfg.model_type,
-            'model_args': dict(vars(self.raw_model.config)),
+            'model_args': dict(vars(self.raw_model.config)), 'lora': getattr(self.raw_model, 'lora', None),
             'iter_num': self.iter_num, 'best_val_loss': self.best_val_loss, 'config': self.config,
             'tokenizer': data_tokenizer(self.meta).state(), 'rng': distributed.gathered(rng_state(), self.ranks),
             **({'label_names': self.meta['label_names']} if self.meta and 'label_names' in self.meta else {}),

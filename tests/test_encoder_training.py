@@ -276,3 +276,16 @@ def test_lora_finetunes_a_classifier_adapters_and_fresh_head_alone(pretrained, s
     status, out, err = run_script(capsys, sample.main, [f'--out_dir={out_dir}', '--device=cpu',
                                                         '--start=a gorgeous , witty , seductive movie .'])
     assert status == 0 and 'probability' in out, err
+
+
+def test_a_lora_masked_lm_run_gives_a_classifier_its_merged_body(corpus_dir, pretrained, sst2_dir, tmp_path):
+    """LoRA on the masked-LM task itself (its head trains afresh), then init_from=<that run>: the body merged."""
+    train.main(mlm_args(corpus_dir, tmp_path / 'mlm', init_from=pretrained, max_iters=4, lora_rank=2))
+    merged = model_from_checkpoint(load_checkpoint(str(tmp_path / 'mlm'))).state_dict()
+    config, explicit = configure(train.DEFAULTS, finetune_args(sst2_dir, tmp_path / 'ft', tmp_path / 'mlm'),
+                                 sources=[train.__file__])
+    state = train.Trainer(train.Settings(**config), explicit).raw_model.state_dict()
+    body = [name for name in state if not name.startswith('classifier.')]
+    assert any('attn.c_attn' in name for name in body)
+    for name in body:
+        assert torch.equal(state[name], merged[name]), name

@@ -14,7 +14,7 @@ from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from conftest import needs
 from lora import LoRALinear, add_lora, merge_lora
 from model import Encoder, EncoderConfig, GPT, GPTConfig, Seq2SeqConfig, Seq2SeqTransformer
-from test_train import run_script, tiny_args, training_losses
+from test_train import read_metrics, run_script, tiny_args, training_losses
 
 LORA = dict(lora_rank=4, lora_alpha=8, lora_targets='attn+mlp', learning_rate=1e-2, warmup_iters=0, eval_interval=4)
 SAMPLE = ['--device=cpu', '--num_samples=2', '--max_new_tokens=30', '--temperature=1.0', '--seed=5']
@@ -72,7 +72,6 @@ def test_only_the_adapters_change_and_the_checkpoint_holds_them_and_its_base(bas
 
 
 def test_the_first_evaluation_is_the_bases_last(base, lora_run):
-    from test_train import read_metrics
     last = [m for m in read_metrics(base) if 'val_loss' in m][-1]
     first = [m for m in read_metrics(lora_run) if 'val_loss' in m][0]
     assert first['iter'] == 0 and first['val_loss'] == last['val_loss']
@@ -173,3 +172,16 @@ def test_lora_on_an_encoder_decoder(multi30k_dir, tmp_path, capsys):
     status, out, err = run_script(capsys, sample.main, [f'--out_dir={tmp_path / "run"}', '--device=cpu',
                                                         '--start=Zwei Hunde spielen im Schnee.'])
     assert status == 0 and out.strip(), err
+
+
+def test_a_lora_run_starts_another_run_merged_whole_or_as_the_next_base(shakespeare_char_dir, lora_run, tmp_path):
+    """init_from=<a LoRA run's out_dir>: its merged weights, trained whole, or frozen under new adapters."""
+    last = [m for m in read_metrics(lora_run) if 'val_loss' in m][-1]
+    for name, lora_rank in (('whole', 0), ('again', 2)):
+        train.main(lora_args(shakespeare_char_dir, tmp_path / name, lora_run, max_iters=2, lora_rank=lora_rank))
+        first = [m for m in read_metrics(tmp_path / name) if 'val_loss' in m][0]
+        assert first['val_loss'] == pytest.approx(last['val_loss'], rel=1e-5)
+    whole, again = load_checkpoint(str(tmp_path / 'whole')), load_checkpoint(str(tmp_path / 'again'))
+    assert whole['lora'] is None and not any('lora_' in name for name in whole['model'])
+    assert 'transformer.h.0.mlp.c_fc.weight' in whole['model'] and len(whole['optimizer'][0]['state']) > 8
+    assert again['lora']['base'] == str(lora_run) and all('lora_' in name for name in again['model'])
