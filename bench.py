@@ -224,7 +224,8 @@ def run_bench(cfg, explicit, bench):
         'n_head': model.config.n_head, 'n_embd': model.config.n_embd, 'block_size': cfg.block_size,
         'batch_size': cfg.batch_size, 'gradient_accumulation_steps': cfg.gradient_accumulation_steps,
         'device': trainer.device, 'threads': torch.get_num_threads(), 'dtype': trainer.dtype, 'compile': cfg.compile,
-        'real_data': bench['real_data'], 'activation_checkpointing': cfg.activation_checkpointing, 'lora_rank': cfg.lora_rank,
+        'real_data': bench['real_data'], 'activation_checkpointing': cfg.activation_checkpointing,
+        'lora_rank': cfg.lora_rank,
         'warmup_steps': bench['warmup_steps'], 'measure_steps': bench['measure_steps'],
     }
     if bench['measure_steps']:

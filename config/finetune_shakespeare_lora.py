@@ -2,6 +2,7 @@
 # attention and MLP (9.8M of its 1.56B weights trained, 0.63%; AdamW's state 79 MB instead of 12.5 GB). Then:
 #   python prepare/shakespeare.py && python train.py config/finetune_shakespeare_lora.py
 #   python sample.py --out_dir=out-shakespeare-lora  # base + adapters; export.py merges them into GPT-2
+# Not run yet (it needs a GPU and the weights); the CPU comparison with full fine-tuning: docs/experiments.md.
 import time
 
 out_dir = 'out-shakespeare-lora'
