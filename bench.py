@@ -32,6 +32,7 @@ import generate
 import train
 from configurator import configure, run_cli
 from errors import UserError
+from checkpoint import load_checkpoint, model_from_checkpoint
 from data import Batches, data_folder, prepare_if_missing
 from device import PackedLinear, one_token_steps, pack_for_inference, synchronize
 from model import Seq2SeqTransformer
@@ -46,6 +47,8 @@ BENCH_DEFAULTS = dict(
     sample_rows=10,  # samples of one prompt for the batched figure (sample.py's num_samples)
     sample_rounds=3,  # one row and the batch are timed alternately this many times; each keeps its best
     packed_weights=True,  # sample with device.PackedLinear where it pays, as sample.py does; False: plain nn.Linear
+    draft='',  # out_dir of a draft model: also time the sample_rows batch by speculative decoding against plain, greedy and at temperature 0.8
+    draft_tokens=4,  # tokens the draft proposes for each pass of the model (sample.py's draft_tokens)
     real_data=True,  # False: random token ids, so no dataset need be prepared (e.g. OpenWebText)
     json=False,  # print one JSON object instead of a table
 )
@@ -145,25 +148,54 @@ def greedy(model, device, new_tokens, use_cache):
     return tokens, new_tokens / (time.perf_counter() - t0)
 
 
-def sampled_rows(model, device, new_tokens, n_rows):
+def sampled_rows(model, device, new_tokens, n_rows, temperature=0.8, draft=None, draft_tokens=4, stats=None):
     """Tokens per second, over all rows, of n_rows samples of a one-token prompt generated as one
-    batch, as sample.py does (temperature 0.8, top-k 200, a seeded generator per row, no stop)."""
+    batch, as sample.py does (temperature 0.8, top-k 200, a seeded generator per row, no stop); with a draft
+    model, by speculative decoding (stats: a dict for its counts)."""
     prompt = torch.zeros((1, 1), dtype=torch.long, device=device)
     generators = [torch.Generator(device).manual_seed(i) for i in range(n_rows)]
+    args = (prompt, n_rows, new_tokens, temperature, 200, None, generators)
     synchronize(device)
     t0 = time.perf_counter()
-    count = sum(1 for _ in generate.sample_rows(model, prompt, n_rows, new_tokens, 0.8, 200, None, generators))
+    rows = generate.sample_rows(model, *args) if draft is None else \
+        generate.speculative_rows(model, draft, *args, draft_tokens=draft_tokens, stats=stats)
+    count = sum(1 for _ in rows)
     synchronize(device)
     return count / (time.perf_counter() - t0)
 
 
-def measure_sampling(trainer, sample_tokens, sample_rows, sample_rounds, packed_weights):
-    # the uncompiled model (every step has a new length) with weights in the run's dtype, as sample.py
-    # holds them (its dtype='auto' picks bf16 on bf16 CPUs: pass --dtype=bfloat16 to measure that)
-    model = copy.deepcopy(trainer.raw_model).to(trainer.ptdtype).eval()
+def for_sampling(trainer, model, packed_weights):
+    """A copy of model as sample.py runs it: uncompiled (every step has a new length), weights in the run's dtype
+    (sample.py's dtype='auto' picks bf16 on bf16 CPUs: pass --dtype=bfloat16 to measure that)."""
+    model = copy.deepcopy(model).to(trainer.device, trainer.ptdtype).eval()
     if packed_weights:
         pack_for_inference(model, trainer.device_type, trainer.dtype)
-    one_token_steps(model)  # as sample.py runs it
+    return one_token_steps(model)
+
+
+def measure_speculative(trainer, model, draft_dir, new_tokens, n_rows, rounds, draft_tokens, packed_weights):
+    """sampled_rows by speculative decoding against plain, greedy and at temperature 0.8, alternately `rounds`
+    times (each keeps its best), and the mean count of draft tokens kept per row and pass of the model."""
+    draft = for_sampling(trainer, model_from_checkpoint(load_checkpoint(draft_dir)), packed_weights)
+    prompt = torch.zeros((1, 1), dtype=torch.long, device=trainer.device)
+    same = list(generate.sample_rows(model, prompt, 1, new_tokens, 0.0)) == \
+        list(generate.speculative_rows(model, draft, prompt, 1, new_tokens, 0.0, draft_tokens=draft_tokens))
+    results = {'draft_params': draft.get_num_params(), 'draft_tokens': draft_tokens, 'spec_same_tokens': same}
+    for name, temperature in (('greedy', 0.0), ('t0.8', 0.8)):
+        plain = fast = 0.0
+        stats = {}
+        for _ in range(rounds):
+            plain = max(plain, sampled_rows(model, trainer.device, new_tokens, n_rows, temperature))
+            fast = max(fast, sampled_rows(model, trainer.device, new_tokens, n_rows, temperature, draft, draft_tokens,
+                                          stats))
+        results.update({f'spec_{name}_plain_tokens_per_sec': plain, f'spec_{name}_tokens_per_sec': fast,
+                        f'spec_{name}_speedup': fast / plain,
+                        f'spec_{name}_accepted_per_pass': stats['accepted'] / stats['passes']})
+    return results
+
+
+def measure_sampling(trainer, sample_tokens, sample_rows, sample_rounds, packed_weights, draft='', draft_tokens=4):
+    model = for_sampling(trainer, trainer.raw_model, packed_weights)
     new_tokens = min(sample_tokens, model.config.block_size - 1)  # past the block the cache is not used
     for use_cache in (True, False):  # warm-up: first calls pay for allocations
         greedy(model, trainer.device, min(new_tokens, 8), use_cache)
@@ -185,6 +217,8 @@ def measure_sampling(trainer, sample_tokens, sample_rows, sample_rounds, packed_
         'sample_cache_speedup': cache_speed / rerun_speed,
         'sample_same_tokens': torch.equal(cached, rerun),  # may differ in low precision, where near-ties flip
         'sample_packed_weights': any(isinstance(m, PackedLinear) for m in model.modules()),
+        **(measure_speculative(trainer, model, draft, new_tokens, sample_rows, sample_rounds, draft_tokens,
+                               packed_weights) if draft else {}),
     }
 
 
@@ -203,7 +237,8 @@ def run_bench(cfg, explicit, bench):
         results.update(measure_training(trainer, bench['warmup_steps'], bench['measure_steps']))
     if bench['sample_tokens'] and cfg.model_type == 'gpt':
         results.update(measure_sampling(trainer, bench['sample_tokens'], bench['sample_rows'],
-                                         bench['sample_rounds'], bench['packed_weights']))
+                                         bench['sample_rounds'], bench['packed_weights'], bench['draft'],
+                                         bench['draft_tokens']))
     return results
 
 
@@ -228,6 +263,14 @@ def print_table(r):
               f"best of {r['sample_rounds']}:")
         print(f"  one at a time   {r['sample_one_row_tokens_per_sec']:,.1f}")
         print(f"  one batch       {r['sample_batched_tokens_per_sec']:,.1f}  ({r['sample_batched_speedup']:.1f}x)")
+    if 'spec_greedy_speedup' in r:
+        print(f"the same batch by speculative decoding, draft of {r['draft_params'] / 1e6:.2f}M parameters, "
+              f"{r['draft_tokens']} tokens a pass (tokens/s of all rows, best of {r['sample_rounds']}; greedy's "
+              f"tokens plain greedy's: {r['spec_same_tokens']}):")
+        for name in ('greedy', 't0.8'):
+            print(f"  {name:<6}  plain {r[f'spec_{name}_plain_tokens_per_sec']:,.1f}, speculative "
+                  f"{r[f'spec_{name}_tokens_per_sec']:,.1f} ({r[f'spec_{name}_speedup']:.2f}x), "
+                  f"{r[f'spec_{name}_accepted_per_pass']:.2f} draft tokens kept per pass")
 
 
 def main(argv=None):
@@ -237,8 +280,9 @@ def main(argv=None):
     for key in ('warmup_steps', 'measure_steps', 'sample_tokens', 'sample_rows'):
         if bench[key] < 0:
             raise UserError(f"{key} must not be negative, got {bench[key]}")
-    if bench['sample_rounds'] < 1:
-        raise UserError(f"sample_rounds must be at least 1, got {bench['sample_rounds']}")
+    for key in ('sample_rounds', 'draft_tokens'):
+        if bench[key] < 1:
+            raise UserError(f"{key} must be at least 1, got {bench[key]}")
     settings['wandb_log'] = False  # a benchmark is not a run to log
     quiet = redirect_stdout(sys.stderr) if bench['json'] else nullcontext()  # stdout: the JSON object only
     with quiet, tempfile.TemporaryDirectory() as scratch:

@@ -43,6 +43,8 @@ device = 'auto'
 dtype = 'auto'  # 'float32' | 'bfloat16' | 'float16' | 'auto' (bf16 where the GPU or CPU computes in it)
 compile = False
 batch_size = 64  # rows generated at once: samples of a GPT, sentences to translate
+draft = ''  # out_dir of a smaller GPT with the same tokenizer: speculative decoding (greedy: the same tokens; sampling: the same distribution)
+draft_tokens = 4  # tokens the draft proposes for each pass of the model
 # seq2seq (translation)
 beam_size = 4
 length_penalty = 0.6
@@ -153,7 +155,7 @@ class Sample:
         return text[:len(text) - held]
 
 
-def print_samples(cfg, model, tokenizer, idx, first, count, end_token, stops, run_device):
+def print_samples(cfg, model, tokenizer, idx, first, count, end_token, stops, run_device, draft=None):
     """Samples first..first+count-1 of one prompt, generated as one batch. The batch's first sample
     is printed as it grows; the others, whole, when the batch is done."""
     samples = [Sample(tokenizer, end_token, stops) for _ in range(count)]
@@ -161,8 +163,10 @@ def print_samples(cfg, model, tokenizer, idx, first, count, end_token, stops, ru
     if cfg.temperature > 0:  # sample i draws from its own seeded generator: the same text whatever the batch
         generators = [torch.Generator(run_device).manual_seed(cfg.seed + first + i) for i in range(count)]
     shown = ''
-    rows = generate.sample_rows(model, idx, count, cfg.max_new_tokens, cfg.temperature, cfg.top_k or None, cfg.top_p,
-                                generators, is_finished=lambda row, ids: samples[row].finished)
+    args = (idx, count, cfg.max_new_tokens, cfg.temperature, cfg.top_k or None, cfg.top_p, generators,
+            lambda row, ids: samples[row].finished)
+    rows = generate.sample_rows(model, *args) if draft is None else \
+        generate.speculative_rows(model, draft, *args, cfg.draft_tokens)
     for row, token in rows:
         samples[row].add(token)
         if row == 0:
@@ -176,7 +180,7 @@ def print_samples(cfg, model, tokenizer, idx, first, count, end_token, stops, ru
         print(SEPARATOR)
 
 
-def generate_text(cfg, model, tokenizer, prompt, run_device):
+def generate_text(cfg, model, tokenizer, prompt, run_device, draft=None):
     ids = tokenizer.encode(prompt)
     if not ids:
         raise UserError("the prompt encodes to no tokens: give --start some text (the default is a newline)")
@@ -189,7 +193,7 @@ def generate_text(cfg, model, tokenizer, prompt, run_device):
     end_token, stops = stop_rules(cfg.stop, tokenizer)
     for first in range(0, cfg.num_samples, cfg.batch_size):
         count = min(cfg.batch_size, cfg.num_samples - first)
-        print_samples(cfg, model, tokenizer, idx, first, count, end_token, stops, run_device)
+        print_samples(cfg, model, tokenizer, idx, first, count, end_token, stops, run_device, draft)
 
 
 # ---------------------------------------------------------------------------
@@ -231,6 +235,36 @@ def trained_summary(model, checkpoint):
     trained = checkpoint.get('elapsed', 0.0) if checkpoint else 0.0
     return (f"{model.get_num_params() / 1e6:.1f}M parameters | trained {trained / 60:.1f} min, "
             f"{checkpoint['iter_num'] if checkpoint else 0} iterations")
+
+
+def load_draft(cfg, model, tokenizer):
+    """The draft model of --draft, or a one-line error when it cannot draft for `model`: speculative decoding
+    needs a GPT that reads the same token ids as the model (same tokenizer, same vocabulary) and as many."""
+    what = f"--draft={cfg.draft}"
+    if not isinstance(model, GPT):
+        raise UserError(f"{what}: speculative decoding is for a GPT's sampling, and this model is not a GPT")
+    checkpoint = load_checkpoint(cfg.draft)
+    if checkpoint.get('model_type', 'gpt') != 'gpt':
+        raise UserError(f"{what} holds model_type={checkpoint['model_type']!r}: a draft must be a GPT")
+    draft = model_from_checkpoint(checkpoint)
+    if tokenizer_state(checkpoint) != tokenizer.state() or draft.config.vocab_size != model.config.vocab_size:
+        raise UserError(f"{what} was trained with another tokenizer or vocabulary than the model: its tokens would "
+                        f"not be the model's")
+    if draft.config.block_size < model.config.block_size:
+        raise UserError(f"{what} reads {draft.config.block_size} tokens, fewer than the model's "
+                        f"{model.config.block_size}: a draft must read as many")
+    return draft
+
+
+def ready_to_sample(cfg, model, run_device, device_type, run_dtype):
+    """The model in the sampling dtype on the device, with the speed-ups that give its own numbers. Returns it."""
+    # inference needs no float32 master weights: half-size weights are read twice as fast
+    speed_up(model.eval().to(run_device, getattr(torch, run_dtype)), device_type, run_dtype)
+    if cfg.compile:
+        compile_generation_step(model)
+    else:
+        one_token_steps(pack_for_inference(model, device_type, run_dtype))
+    return model
 
 
 def compile_generation_step(model):
@@ -293,6 +327,8 @@ def validate(cfg):
     if cfg.beam_size < 1 or cfg.batch_size < 1 or cfg.fills < 1:
         raise UserError(f"beam_size, batch_size and fills must be at least 1, got {cfg.beam_size}, {cfg.batch_size} "
                         f"and {cfg.fills}")
+    if cfg.draft_tokens < 1:
+        raise UserError(f"draft_tokens must be at least 1, got {cfg.draft_tokens}")
 
 
 def main(argv=None):
@@ -305,15 +341,12 @@ def main(argv=None):
     torch.manual_seed(cfg.seed)
     model, tokenizer, checkpoint = load_model(cfg)
     summary = trained_summary(model, checkpoint)  # counted before packing: a packed layer holds no weight parameter
-    # inference needs no float32 master weights: half-size weights are read twice as fast
-    speed_up(model.eval().to(run_device, getattr(torch, run_dtype)), device_type, run_dtype)
-    if cfg.compile:
-        compile_generation_step(model)
-    else:
-        one_token_steps(pack_for_inference(model, device_type, run_dtype))
+    draft = load_draft(cfg, model, tokenizer) if cfg.draft else None
+    for net in (model, draft) if draft else (model,):
+        ready_to_sample(cfg, net, run_device, device_type, run_dtype)
     prompt = read_prompt(cfg.start)
     if isinstance(model, GPT):
-        generate_text(cfg, model, tokenizer, prompt, run_device)
+        generate_text(cfg, model, tokenizer, prompt, run_device, draft)
     elif isinstance(model, Encoder) and model.config.n_classes:
         label_text(cfg, model, tokenizer, prompt, run_device, checkpoint, summary)
     elif isinstance(model, Encoder):
