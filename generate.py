@@ -277,7 +277,7 @@ def speculative_rows(model, draft, prompt, n_rows, max_new_tokens, temperature=1
         if stats is not None and k:
             stats['passes'] = stats.get('passes', 0) + len(running)
             stats['accepted'] = stats.get('accepted', 0) + int(kept.sum())
-        still = []
+        still, lengths = [], length.tolist()
         for i, (row, ids, count) in enumerate(zip(running, new.tolist(), (kept + 1).tolist())):
             for token in ids[:count]:
                 new_ids[row].append(token)
@@ -285,7 +285,7 @@ def speculative_rows(model, draft, prompt, n_rows, max_new_tokens, temperature=1
                 if len(new_ids[row]) == max_new_tokens or is_finished is not None and is_finished(row, new_ids[row]):
                     break
             else:
-                if length[i] > block_size:  # its context is full: to the plain steps
+                if lengths[i] > block_size:  # its context is full: to the plain steps
                     parked.append((row, tokens[i, :block_size + 1]))
                 else:
                     still.append(i)

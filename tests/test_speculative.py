@@ -40,11 +40,11 @@ def rows_of(pairs):
 
 @pytest.mark.parametrize('pos_emb', ['learned', 'rope'])
 def test_greedy_speculative_decoding_gives_plain_greedys_tokens(pos_emb):
-    """Prompts far from block_size (24), near it and at it; 30 new tokens cross it (the plain sliding window
+    """Prompts far from block_size (24), near it, at it and past it; 30 new tokens cross it (the plain sliding window
     after); with and without a stop; every draft length."""
     model, draft = models(pos_emb)
     stats = {}
-    for length in (1, 6, 19, 22, 24):
+    for length in (1, 6, 19, 22, 24, 25):
         prompt = torch.randint(0, 32, (1, length), generator=torch.Generator().manual_seed(length))
         plain = rows_of(generate.sample_rows(model, prompt, 2, 30, temperature=0.0))
         assert switches(torch.tensor([plain[0]])).item() >= 5  # the output moves: a wrong context would show
