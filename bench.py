@@ -11,7 +11,8 @@ tokens/s, ms per step, MFU against the device's peak FLOP/s, peak memory.
 Sampling (GPT models): greedy generation of `sample_tokens` new tokens from a one-token prompt,
 once with the KV cache and once re-running the whole context at every step, and their ratio; then
 `sample_rows` samples (temperature 0.8, top-k 200, as sample.py) generated one at a time and as one
-batch, in tokens/s over all rows (the two alternate `sample_rounds` times; each keeps its best).
+batch, in tokens/s over all rows (the two alternate `sample_rounds` times; each keeps its best); with
+`draft` (a draft model's out_dir), that batch by speculative decoding against plain, greedy and at 0.8.
 
 Every train.py setting works here (the model, batch, device, dtype, compile...), plus the
 benchmark's own settings below. Nothing is written to out_dir (it is read with init_from='resume');
@@ -47,7 +48,7 @@ BENCH_DEFAULTS = dict(
     sample_rows=10,  # samples of one prompt for the batched figure (sample.py's num_samples)
     sample_rounds=3,  # one row and the batch are timed alternately this many times; each keeps its best
     packed_weights=True,  # sample with device.PackedLinear where it pays, as sample.py does; False: plain nn.Linear
-    draft='',  # out_dir of a draft model: also time the sample_rows batch by speculative decoding against plain, greedy and at temperature 0.8
+    draft='',  # out_dir of a draft model: also time that batch by speculative decoding against plain (greedy and 0.8)
     draft_tokens=4,  # tokens the draft proposes for each pass of the model (sample.py's draft_tokens)
     real_data=True,  # False: random token ids, so no dataset need be prepared (e.g. OpenWebText)
     json=False,  # print one JSON object instead of a table
