@@ -11,8 +11,7 @@ tokens/s, ms per step, MFU against the device's peak FLOP/s, peak memory.
 Sampling (GPT models): greedy generation of `sample_tokens` new tokens from a one-token prompt,
 once with the KV cache and once re-running the whole context at every step, and their ratio; then
 `sample_rows` samples (temperature 0.8, top-k 200, as sample.py) generated one at a time and as one
-batch, in tokens/s over all rows (the two alternate `sample_rounds` times; each keeps its best); with
-`draft` (a draft model's out_dir), that batch by speculative decoding against plain, greedy and at 0.8.
+batch, in tokens/s over all rows (the two alternate `sample_rounds` times; each keeps its best).
 
 Every train.py setting works here (the model, batch, device, dtype, compile...), plus the
 benchmark's own settings below. Nothing is written to out_dir (it is read with init_from='resume');
