@@ -221,7 +221,7 @@ class TokenStream(Batches):
     """GPT data: one long stream of token ids per split. A row is a window of block_size + 1
     tokens: its inputs are the first block_size, its targets the same shifted by one token.
 
-    sample() draws rows with a torch.Generator (random, with replacement: nanoGPT's windows at any
+    draw() draws rows with a torch.Generator (random, with replacement: nanoGPT's windows at any
     offset) or with an EpochSampler (every non-overlapping window once per epoch, in a permuted
     order). align_documents=True: a row is instead a pack of whole documents starting at a
     document start (pack_documents); rows are then the numbers of those packs."""
