@@ -1,11 +1,7 @@
-"""
-Training batches from prepared datasets (see prepare/), for every model kind.
-
-A dataset draws the rows of a whole *global* batch (every micro-step of every rank) from
-one seeded generator, and each rank then takes its share. The batches a run sees are
-therefore the same whatever the number of processes, and the generator's state (or an
-EpochSampler's position) is all that a checkpoint needs to continue the data stream exactly.
-"""
+"""Training batches from prepared datasets (prepare/), for every model kind. A dataset draws the rows of a whole
+global batch (every micro-step of every rank) from one seeded generator, and each rank takes its share: the
+batches are the same whatever the number of processes, and the generator's state (or an EpochSampler's
+position) is all a checkpoint needs to continue the data stream exactly."""
 
 import importlib
 import math
