@@ -1,22 +1,15 @@
-"""
-Measure how fast a training configuration trains and samples, with train.py's own code:
+"""Measure how fast a training configuration trains and samples, with train.py's own code:
 
     python bench.py config/train_shakespeare_char.py --device=cpu --compile=False \\
         --n_layer=4 --n_head=4 --n_embd=128 --block_size=64 --batch_size=12
     python bench.py config/train_gpt2.py --real_data=False --json=True      # GPT-2 124M MFU on a GPU
 
-Training: `warmup_steps` real training steps (forward, backward, clipping, optimizer step, with
-the run's dtype, autocast and torch.compile), then the clock runs over `measure_steps` more:
-tokens/s, ms per step, MFU against the device's peak FLOP/s, peak memory.
-Sampling (GPT models): greedy generation of `sample_tokens` new tokens from a one-token prompt,
-once with the KV cache and once re-running the whole context at every step, and their ratio; then
-`sample_rows` samples (temperature 0.8, top-k 200, as sample.py) generated one at a time and as one
-batch, in tokens/s over all rows (the two alternate `sample_rounds` times; each keeps its best).
-
-Every train.py setting works here (the model, batch, device, dtype, compile...), plus the
-benchmark's own settings below. Nothing is written to out_dir (it is read with init_from='resume');
-wandb stays off.
-"""
+Training: `warmup_steps` real training steps (forward, backward, clipping, optimizer step, with the run's dtype,
+autocast and torch.compile), then the clock runs over `measure_steps` more: tokens/s, ms per step, MFU against the
+device's peak FLOP/s, peak memory. Sampling (GPT models): greedy generation with the KV cache against re-running the
+whole context at every step; then samples as sample.py draws them, one at a time against one batch.
+Every train.py setting works here (the model, batch, device, dtype, compile...), plus the benchmark's own settings
+below. Nothing is written to out_dir (it is read with init_from='resume'); wandb stays off."""
 
 import copy
 import json
@@ -124,18 +117,13 @@ def measure_training(trainer, warmup_steps, measure_steps):
     for _ in range(measure_steps):
         tokens += trainer.train_step()[1]  # tokens the global batch fed the model
     synchronize(trainer.device)
-    step_time = (time.perf_counter() - t0) / measure_steps
+    step_time, step_tokens = (time.perf_counter() - t0) / measure_steps, tokens / measure_steps
     memory, memory_kind = peak_memory(trainer.device)
-    return {
-        'tokens_per_iter': tokens / measure_steps,
-        'ms_per_iter': step_time * 1000,
-        'tokens_per_sec': tokens / measure_steps / step_time,
-        # of one device, rank 0's (only it measures its peak: under torchrun the table is rank 0's)
-        'mfu': trainer.mfu(tokens / measure_steps, step_time) if trainer.master else None,
-        'peak_flops': trainer.peak if trainer.master else None,
-        'peak_memory_mib': memory,
-        'peak_memory_kind': memory_kind,
-    }
+    return {'tokens_per_iter': step_tokens, 'ms_per_iter': step_time * 1000, 'tokens_per_sec': step_tokens / step_time,
+            # of one device, rank 0's (only it measures its peak: under torchrun the table is rank 0's)
+            'mfu': trainer.mfu(step_tokens, step_time) if trainer.master else None,
+            'peak_flops': trainer.peak if trainer.master else None,
+            'peak_memory_mib': memory, 'peak_memory_kind': memory_kind}
 
 
 def greedy(model, device, new_tokens, use_cache):
@@ -205,34 +193,24 @@ def measure_sampling(trainer, sample_tokens, sample_rows, sample_rounds, packed_
     for _ in range(sample_rounds):
         one_row = max(one_row, sampled_rows(model, trainer.device, new_tokens, 1))  # the one-at-a-time loop's rate
         batched = max(batched, sampled_rows(model, trainer.device, new_tokens, sample_rows))
-    return {
-        'sample_rows': sample_rows,
-        'sample_rounds': sample_rounds,
-        'sample_one_row_tokens_per_sec': one_row,
-        'sample_batched_tokens_per_sec': batched,
-        'sample_batched_speedup': batched / one_row,
-        'sample_new_tokens': new_tokens,
-        'sample_cache_tokens_per_sec': cache_speed,
-        'sample_no_cache_tokens_per_sec': rerun_speed,
-        'sample_cache_speedup': cache_speed / rerun_speed,
-        'sample_same_tokens': torch.equal(cached, rerun),  # may differ in low precision, where near-ties flip
-        'sample_packed_weights': any(isinstance(m, PackedLinear) for m in model.modules()),
-        **(measure_speculative(trainer, model, draft, new_tokens, sample_rows, sample_rounds, draft_tokens,
-                               packed_weights) if draft else {}),
-    }
+    return {'sample_rows': sample_rows, 'sample_rounds': sample_rounds, 'sample_one_row_tokens_per_sec': one_row,
+            'sample_batched_tokens_per_sec': batched, 'sample_batched_speedup': batched / one_row,
+            'sample_new_tokens': new_tokens, 'sample_cache_tokens_per_sec': cache_speed,
+            'sample_no_cache_tokens_per_sec': rerun_speed, 'sample_cache_speedup': cache_speed / rerun_speed,
+            'sample_same_tokens': torch.equal(cached, rerun),  # may differ in low precision, where near-ties flip
+            'sample_packed_weights': any(isinstance(m, PackedLinear) for m in model.modules()),
+            **(measure_speculative(trainer, model, draft, new_tokens, sample_rows, sample_rounds, draft_tokens,
+                                   packed_weights) if draft else {})}
 
 
 def run_bench(cfg, explicit, bench):
     trainer = BenchTrainer(cfg, explicit, bench['real_data'])
     model = trainer.raw_model
-    results = {
-        'model_type': cfg.model_type, 'params': model.get_num_params(), 'n_layer': model.config.n_layer,
-        'n_head': model.config.n_head, 'n_embd': model.config.n_embd, 'block_size': cfg.block_size,
-        'batch_size': cfg.batch_size, 'gradient_accumulation_steps': cfg.gradient_accumulation_steps,
-        'device': trainer.device, 'threads': torch.get_num_threads(), 'dtype': trainer.dtype, 'compile': cfg.compile,
-        'real_data': bench['real_data'],
-        'warmup_steps': bench['warmup_steps'], 'measure_steps': bench['measure_steps'],
-    }
+    results = {'model_type': cfg.model_type, 'params': model.get_num_params(), 'n_layer': model.config.n_layer,
+               'n_head': model.config.n_head, 'n_embd': model.config.n_embd, 'block_size': cfg.block_size,
+               'batch_size': cfg.batch_size, 'gradient_accumulation_steps': cfg.gradient_accumulation_steps,
+               'device': trainer.device, 'threads': torch.get_num_threads(), 'dtype': trainer.dtype,
+               'compile': cfg.compile, **{key: bench[key] for key in ('real_data', 'warmup_steps', 'measure_steps')}}
     if bench['measure_steps']:
         results.update(measure_training(trainer, bench['warmup_steps'], bench['measure_steps']))
     if bench['sample_tokens'] and cfg.model_type == 'gpt':

@@ -1,11 +1,8 @@
-"""
-Sample from a trained model, from GPT-2's weights, translate with an encoder-decoder, or ask an
+"""Sample from a trained model, from GPT-2's weights, translate with an encoder-decoder, or ask an
 encoder to fill [MASK]s or label sentences:
 
     python sample.py                                         # from what `python train.py` trained
     python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --num_samples=3
-    python sample.py --out_dir=out-shakespeare-char --start=FILE:prompt.txt
-    python sample.py --out_dir=out-multi30k --start="Zwei Hunde spielen im Schnee."
     python sample.py --out_dir=out-multi30k --start=FILE:data/multi30k/test.de.txt --reference=data/multi30k/test.en.txt
     python sample.py --out_dir=out-mlm-reviews-cpu --start="this movie is [MASK] ."
     python sample.py --out_dir=out-sst2-cpu --start=FILE:data/sst2_phrases/val.txt --reference=data/sst2_phrases/val.labels.txt
@@ -59,14 +56,13 @@ SEPARATOR = '---------------'
 def read_prompt(text):
     if not text.startswith('FILE:'):
         return text
-    path = text[len('FILE:'):]
+    return read_text(text[len('FILE:'):], 'prompt file', " (start=FILE:path reads the prompt from a file)")
+
+
+def read_text(path, what, hint=''):
+    """A text file's contents, or a one-line error when it is missing or not UTF-8."""
     if not os.path.isfile(path):
-        raise UserError(f"prompt file {path} not found (start=FILE:path reads the prompt from a file)")
-    return read_text(path, 'prompt file')
-
-
-def read_text(path, what):
-    """A text file's contents, or a one-line error when it is not UTF-8."""
+        raise UserError(f"{what} {path} not found{hint}")
     try:
         with open(path, encoding='utf-8') as f:
             return f.read()
@@ -99,9 +95,8 @@ def load_model(cfg):
 
 
 def stop_rules(stop, tokenizer):
-    """(end-of-text token id or None, stop strings) for the `stop` setting. None: the tokenizer's
-    end-of-text token only; a string or a list of strings: those too ("\\n" and the like are escapes);
-    '' or 'none': never stop early, as nanoGPT."""
+    """(end-of-text token id or None, stop strings) for `stop`. None: the tokenizer's end-of-text token only; a string
+    or a list of strings: those too ("\\n" and the like are escapes); '' or 'none': never stop early, as nanoGPT."""
     if stop in ('', 'none'):
         return None, []
     strings = [] if stop is None else [stop] if isinstance(stop, str) else stop
@@ -132,11 +127,10 @@ class Sample:
 
     def add(self, token):
         """Take the next token; an end-of-text token or a completed stop string finishes the sample."""
-        if token == self.end_token:
-            self.finished = True
-            return
-        self.ids.append(token)
-        self.finished = bool(self.stops) and generate.find_stop(self.tokenizer.decode(self.ids), self.stops) >= 0
+        self.finished = token == self.end_token
+        if not self.finished:
+            self.ids.append(token)
+            self.finished = bool(self.stops) and generate.find_stop(self.tokenizer.decode(self.ids), self.stops) >= 0
 
     def text(self):
         """The text so far, cut before a stop string."""
@@ -173,11 +167,9 @@ def print_samples(cfg, model, tokenizer, idx, first, count, end_token, stops, ru
             text = samples[0].printable()
             print(text[len(shown):], end='', flush=True)
             shown = text
-    print(samples[0].text()[len(shown):])
-    print(SEPARATOR)
+    print(samples[0].text()[len(shown):], SEPARATOR, sep='\n')
     for sample in samples[1:]:
-        print(sample.text())
-        print(SEPARATOR)
+        print(sample.text(), SEPARATOR, sep='\n')
 
 
 def generate_text(cfg, model, tokenizer, prompt, run_device, draft=None):
@@ -209,22 +201,17 @@ def translate_text(cfg, model, tokenizer, source, run_device, summary):
                                           cfg.batch_size)
     except ValueError as e:
         raise UserError(str(e)) from None
-    for line in translations:
-        print(line)
+    print(*translations, sep='\n')  # one line per sentence (there is at least one)
     if references is not None:
         report_bleu(cfg, translations, references, summary, time.time() - t0)
 
 
 def report_bleu(cfg, translations, references, summary, seconds):
     bleu = generate.bleu_score(translations, references)
-    print(f"{bleu} | {summary} | translated in {seconds:.1f} s (beam {cfg.beam_size})",
-          file=sys.stderr)
+    print(f"{bleu} | {summary} | translated in {seconds:.1f} s (beam {cfg.beam_size})", file=sys.stderr)
 
 
 def read_reference(cfg, count, what):
-    """The lines of the reference file, one per input line."""
-    if not os.path.isfile(cfg.reference):
-        raise UserError(f"reference file {cfg.reference} not found")
     references = read_text(cfg.reference, 'reference file').splitlines()
     if len(references) != count:
         raise UserError(f"{cfg.reference} has {len(references)} lines but {count} {what}")
@@ -268,8 +255,7 @@ def ready_to_sample(cfg, model, run_device, device_type, run_dtype):
 
 
 def compile_generation_step(model):
-    """torch.compile what generation calls at every step (device.generation_step). The cache grows, so
-    shapes are dynamic."""
+    """torch.compile the step generation calls (device.generation_step), with dynamic shapes: the cache grows."""
     name = generation_step(model)
     setattr(model, name, torch.compile(getattr(model, name), dynamic=True))
 
@@ -303,8 +289,7 @@ def label_text(cfg, model, tokenizer, text, run_device, checkpoint, summary):
             raise UserError(f"{where} is empty: a classifier labels one sentence per line")
     names = checkpoint.get('label_names') or [str(i) for i in range(model.config.n_classes)]
     references = read_reference(cfg, len(sentences), "sentences are to be labelled") if cfg.reference else None
-    unknown = sorted(set(references or ()) - set(names))
-    if unknown:
+    if unknown := sorted(set(references or ()) - set(names)):
         raise UserError(f"{cfg.reference} has labels the model does not know: {', '.join(map(repr, unknown[:5]))} "
                         f"(its labels: {', '.join(names)})")
     t0 = time.time()
@@ -332,8 +317,7 @@ def validate(cfg):
 
 
 def main(argv=None):
-    config, _ = configure(DEFAULTS, argv, sources=[__file__])
-    cfg = SimpleNamespace(**config)
+    cfg = SimpleNamespace(**configure(DEFAULTS, argv, sources=[__file__])[0])
     validate(cfg)
     run_device = resolve_device(cfg.device)
     device_type = torch.device(run_device).type
