@@ -208,15 +208,13 @@ def sample_rows(model, prompt, n_rows, max_new_tokens, temperature=1.0, top_k=No
 
 
 def speculative_accept(p, q, drafted, generators=None):
-    """The rule of speculative sampling (Leviathan et al. 2023; Chen et al. 2023), for each row at once.
-    drafted (B, k): the draft's tokens, each drawn from its probabilities q (B, k, V); p (B, k + 1, V): the model's
-    at the same positions and one more, both as sampling shapes them (token_probabilities). Draft token i is kept
-    with probability min(1, p_i / q_i) while all before it were; the first one rejected is replaced by a draw from
-    max(0, p - q) (normalised), and after k kept ones a token is drawn from p. Returns (kept counts (B,), that token (B, 1)).
-    Why it is exact: a position puts out x by acceptance with probability q(x) min(1, p(x) / q(x)) = min(p(x), q(x)),
-    by rejection with probability sum_y (q(y) - min(p(y), q(y))) = sum_y max(0, p(y) - q(y)) times
-    max(0, p(x) - q(x)) / that sum; in all min(p(x), q(x)) + max(0, p(x) - q(x)) = p(x), the model's own.
-    Greedy is the case of one-hot p and q: a draft token is kept if it is the model's argmax, else replaced by it."""
+    """Speculative sampling's rule (Leviathan et al. 2023; Chen et al. 2023). drafted (B, k): the draft's tokens,
+    drawn from its probabilities q (B, k, V); p (B, k + 1, V): the model's there and one after (both shaped by
+    token_probabilities). Draft token i is kept with probability min(1, p_i / q_i) while all before it were; the
+    first rejected is replaced by a draw from max(0, p - q), and after k kept a token is drawn from p.
+    Returns (kept counts (B,), that token (B, 1)). Exact: x comes out by acceptance with probability
+    q(x) min(1, p(x) / q(x)) = min(p(x), q(x)), by rejection with sum_y max(0, q(y) - p(y)) = sum_y max(0, p(y) - q(y))
+    times max(0, p(x) - q(x)) / that sum: min(p, q)(x) + max(0, p(x) - q(x)) = p(x). Greedy: p and q one-hot."""
     B, k = drafted.shape
     u = torch.rand(B, k, device=p.device) if generators is None else \
         torch.stack([torch.rand(k, generator=generator, device=p.device) for generator in generators])
@@ -240,13 +238,11 @@ def propose(draft, cache, feed, k, temperature, top_k, top_p, generators):
 @torch.inference_mode()
 def speculative_rows(model, draft, prompt, n_rows, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
                      generators=None, is_finished=None, draft_tokens=4, stats=None):
-    """sample_rows by speculative decoding: the same tokens for greedy, the same distribution for sampling
-    (speculative_accept), fewer passes of the model. Each round the draft, a smaller GPT with the same tokenizer,
-    proposes draft_tokens tokens (propose); the model reads them in one pass and keeps, in each row, the prefix
-    that speculative_accept accepts and one token of its own. Rows keep different counts: both caches hold each
-    row's length and roll back the rejected positions (KVCache.roll_back). Near block_size fewer tokens are drafted;
-    rows past it go on with sample_rows' plain steps (a sliding window) once the others are done.
-    stats: a dict that gets 'passes' (rows verified) and 'accepted' (draft tokens kept), to measure."""
+    """sample_rows by speculative decoding (greedy: the same tokens; sampling: the same distribution). Each round
+    the draft, a smaller GPT with the same tokenizer, proposes draft_tokens tokens; the model reads them in one pass
+    and keeps in each row those speculative_accept accepts, and one of its own. Both caches hold each row's length
+    and roll back its rejected positions (KVCache.roll_back). Near block_size fewer are drafted; rows past it end
+    with sample_rows' plain steps. stats: a dict to count 'passes' (rows verified) and 'accepted' (tokens kept)."""
     block_size, T, device = model.config.block_size, prompt.size(1), prompt.device
     if T > block_size:
         yield from sample_rows(model, prompt, n_rows, max_new_tokens, temperature, top_k, top_p, generators, is_finished)
@@ -267,8 +263,8 @@ def speculative_rows(model, draft, prompt, n_rows, max_new_tokens, temperature=1
         drafted, q = propose(draft, draft_cache, unread, k, temperature, top_k, top_p, row_generators)
         logits = model(torch.cat((unread[:, -1:], drafted), dim=1), cache=cache, all_logits=True)[0]
         p = token_probabilities(logits, temperature, top_k, top_p)
-        kept, token = speculative_accept(p, p[:, :0] if q is None else q, drafted, row_generators)
-        new = torch.cat((drafted, token), dim=1).scatter(1, kept[:, None], token)  # the first kept + 1 of each row
+        kept, own = speculative_accept(p, p[:, :0] if q is None else q, drafted, row_generators)
+        new = torch.cat((drafted, own), dim=1).scatter(1, kept[:, None], own)  # each row's first kept + 1 are new
         tokens.scatter_(1, length[:, None] + torch.arange(k + 1, device=device), new)
         cache.roll_back(length + kept)
         if k:
