@@ -1,23 +1,16 @@
-"""
-Measure how fast a training configuration trains and samples, with train.py's own code:
+"""Measure how fast a training configuration trains and samples, with train.py's own code:
 
     python bench.py config/train_shakespeare_char.py --device=cpu --compile=False \\
         --n_layer=4 --n_head=4 --n_embd=128 --block_size=64 --batch_size=12
     python bench.py config/train_gpt2.py --real_data=False --json=True      # GPT-2 124M MFU on a GPU
 
-Training: `warmup_steps` real training steps (forward, backward, clipping, optimizer step, with
-the run's dtype, autocast and torch.compile), then the clock runs over `measure_steps` more:
-tokens/s, ms per step, MFU against the device's peak FLOP/s; then one more step's peak memory
-(step_memory), the parameters trained and the optimizer's state.
-Sampling (GPT models): greedy generation of `sample_tokens` new tokens from a one-token prompt,
-once with the KV cache and once re-running the whole context at every step, and their ratio; then
-`sample_rows` samples (temperature 0.8, top-k 200, as sample.py) generated one at a time and as one
-batch, in tokens/s over all rows (the two alternate `sample_rounds` times; each keeps its best).
-
-Every train.py setting works here (the model, batch, device, dtype, compile...), plus the
-benchmark's own settings below. Nothing is written to out_dir (it is read with init_from='resume');
-wandb stays off.
-"""
+Training: `warmup_steps` real training steps (forward, backward, clipping, optimizer step, with the run's dtype,
+autocast and torch.compile), then the clock runs over `measure_steps` more: tokens/s, ms per step, MFU against the
+device's peak FLOP/s; then one more step's peak memory (step_memory), the parameters trained, the optimizer's state.
+Sampling (GPT models): greedy generation with the KV cache against re-running the whole context at every step;
+then samples as sample.py draws them, one at a time against one batch.
+Every train.py setting works here (the model, batch, device, dtype, compile...), plus the benchmark's own settings
+below. Nothing is written to out_dir (it is read with init_from='resume'); wandb stays off."""
 
 import copy
 import ctypes
@@ -34,6 +27,7 @@ import generate
 import train
 from configurator import configure, run_cli
 from errors import UserError
+from checkpoint import load_checkpoint, model_from_checkpoint
 from data import Batches, data_folder, prepare_if_missing
 from device import PackedLinear, one_token_steps, pack_for_inference, synchronize
 from model import Seq2SeqTransformer
@@ -49,6 +43,8 @@ BENCH_DEFAULTS = dict(
     sample_rows=10,  # samples of one prompt for the batched figure (sample.py's num_samples)
     sample_rounds=3,  # one row and the batch are timed alternately this many times; each keeps its best
     packed_weights=True,  # sample with device.PackedLinear where it pays, as sample.py does; False: plain nn.Linear
+    draft='',  # out_dir of a draft model: also time that batch by speculative decoding against plain (greedy and 0.8)
+    draft_tokens=4,  # tokens the draft proposes for each pass of the model (sample.py's draft_tokens)
     real_data=True,  # False: random token ids, so no dataset need be prepared (e.g. OpenWebText)
     json=False,  # print one JSON object instead of a table
 )
@@ -109,12 +105,10 @@ class BenchTrainer(train.Trainer):
 
 
 def step_memory(trainer):
-    """(MiB, what was measured) of one more training step. A GPU: the most memory tensors took in it
-    (max_memory_allocated; the weights and optimizer state included). A CPU (Linux): the peak of the
-    process's resident memory above its level just before the step, the step's own: malloc's free memory
-    handed back first (malloc_trim, or the step would reuse it unseen), the peak (VmHWM) reset to the
-    current level by writing 5 to /proc/self/clear_refs, then VmHWM after the step less VmRSS before it.
-    Elsewhere: the process's peak RSS since it started."""
+    """(MiB, what) of one more training step. GPU: max_memory_allocated (weights and optimizer state included).
+    Linux CPU: the resident memory's peak above its level before the step: malloc's free memory handed back
+    (malloc_trim, or the step reuses it unseen), the peak VmHWM reset by writing 5 to /proc/self/clear_refs,
+    then VmHWM after the step less VmRSS before it. Elsewhere: the process's peak RSS."""
     if trainer.device_type == 'cuda':
         torch.cuda.reset_peak_memory_stats(trainer.device)
         trainer.train_step()
@@ -146,21 +140,16 @@ def measure_training(trainer, warmup_steps, measure_steps):
     for _ in range(measure_steps):
         tokens += trainer.train_step()[1]  # tokens the global batch fed the model
     synchronize(trainer.device)
-    step_time = (time.perf_counter() - t0) / measure_steps
+    step_time, step_tokens = (time.perf_counter() - t0) / measure_steps, tokens / measure_steps
     memory, memory_kind = step_memory(trainer)
-    return {
-        'tokens_per_iter': tokens / measure_steps,
-        'ms_per_iter': step_time * 1000,
-        'tokens_per_sec': tokens / measure_steps / step_time,
-        # of one device, rank 0's (only it measures its peak: under torchrun the table is rank 0's)
-        'mfu': trainer.mfu(tokens / measure_steps, step_time) if trainer.master else None,
-        'peak_flops': trainer.peak if trainer.master else None,
-        'peak_memory_mib': memory,
-        'peak_memory_kind': memory_kind,
-        # what LoRA shrinks: the parameters trained (of all), and AdamW's state for them
-        'trained_params': sum(p.numel() for p in trainer.raw_model.parameters() if p.requires_grad),
-        'optimizer_state_bytes': local_bytes(trainer.raw_model, trainer.optimizers)['optimizer'],
-    }
+    return {'tokens_per_iter': step_tokens, 'ms_per_iter': step_time * 1000, 'tokens_per_sec': step_tokens / step_time,
+            # of one device, rank 0's (only it measures its peak: under torchrun the table is rank 0's)
+            'mfu': trainer.mfu(step_tokens, step_time) if trainer.master else None,
+            'peak_flops': trainer.peak if trainer.master else None,
+            'peak_memory_mib': memory, 'peak_memory_kind': memory_kind,
+            # what LoRA shrinks: the parameters trained (of all), and AdamW's state for them
+            'trained_params': sum(p.numel() for p in trainer.raw_model.parameters() if p.requires_grad),
+            'optimizer_state_bytes': local_bytes(trainer.raw_model, trainer.optimizers)['optimizer']}
 
 
 def greedy(model, device, new_tokens, use_cache):
@@ -173,25 +162,54 @@ def greedy(model, device, new_tokens, use_cache):
     return tokens, new_tokens / (time.perf_counter() - t0)
 
 
-def sampled_rows(model, device, new_tokens, n_rows):
+def sampled_rows(model, device, new_tokens, n_rows, temperature=0.8, draft=None, draft_tokens=4, stats=None):
     """Tokens per second, over all rows, of n_rows samples of a one-token prompt generated as one
-    batch, as sample.py does (temperature 0.8, top-k 200, a seeded generator per row, no stop)."""
+    batch, as sample.py does (temperature 0.8, top-k 200, a seeded generator per row, no stop); with a draft
+    model, by speculative decoding (stats: a dict for its counts)."""
     prompt = torch.zeros((1, 1), dtype=torch.long, device=device)
     generators = [torch.Generator(device).manual_seed(i) for i in range(n_rows)]
+    args = (prompt, n_rows, new_tokens, temperature, 200, None, generators)
     synchronize(device)
     t0 = time.perf_counter()
-    count = sum(1 for _ in generate.sample_rows(model, prompt, n_rows, new_tokens, 0.8, 200, None, generators))
+    rows = generate.sample_rows(model, *args) if draft is None else \
+        generate.speculative_rows(model, draft, *args, draft_tokens=draft_tokens, stats=stats)
+    count = sum(1 for _ in rows)
     synchronize(device)
     return count / (time.perf_counter() - t0)
 
 
-def measure_sampling(trainer, sample_tokens, sample_rows, sample_rounds, packed_weights):
-    # the uncompiled model (every step has a new length) with weights in the run's dtype, as sample.py
-    # holds them (its dtype='auto' picks bf16 on bf16 CPUs: pass --dtype=bfloat16 to measure that)
-    model = copy.deepcopy(trainer.raw_model).to(trainer.ptdtype).eval()
+def for_sampling(trainer, model, packed_weights):
+    """A copy of model as sample.py runs it: uncompiled (every step has a new length), weights in the run's dtype
+    (sample.py's dtype='auto' picks bf16 on bf16 CPUs: pass --dtype=bfloat16 to measure that)."""
+    model = copy.deepcopy(model).to(trainer.device, trainer.ptdtype).eval()
     if packed_weights:
         pack_for_inference(model, trainer.device_type, trainer.dtype)
-    one_token_steps(model)  # as sample.py runs it
+    return one_token_steps(model)
+
+
+def measure_speculative(trainer, model, draft_dir, new_tokens, n_rows, rounds, draft_tokens, packed_weights):
+    """sampled_rows by speculative decoding against plain, greedy and at temperature 0.8, alternately `rounds`
+    times (each keeps its best), and the mean count of draft tokens kept per row and pass of the model."""
+    draft = for_sampling(trainer, model_from_checkpoint(load_checkpoint(draft_dir)), packed_weights)
+    prompt = torch.zeros((1, 1), dtype=torch.long, device=trainer.device)
+    same = list(generate.sample_rows(model, prompt, 1, new_tokens, 0.0)) == \
+        list(generate.speculative_rows(model, draft, prompt, 1, new_tokens, 0.0, draft_tokens=draft_tokens))
+    results = {'draft_params': draft.get_num_params(), 'draft_tokens': draft_tokens, 'spec_same_tokens': same}
+    for name, temperature in (('greedy', 0.0), ('t0.8', 0.8)):
+        plain = fast = 0.0
+        stats = {}
+        for _ in range(rounds):
+            plain = max(plain, sampled_rows(model, trainer.device, new_tokens, n_rows, temperature))
+            fast = max(fast, sampled_rows(model, trainer.device, new_tokens, n_rows, temperature, draft, draft_tokens,
+                                          stats))
+        results.update({f'spec_{name}_plain_tokens_per_sec': plain, f'spec_{name}_tokens_per_sec': fast,
+                        f'spec_{name}_speedup': fast / plain,
+                        f'spec_{name}_accepted_per_pass': stats['accepted'] / stats['passes']})
+    return results
+
+
+def measure_sampling(trainer, sample_tokens, sample_rows, sample_rounds, packed_weights, draft='', draft_tokens=4):
+    model = for_sampling(trainer, trainer.raw_model, packed_weights)
     new_tokens = min(sample_tokens, model.config.block_size - 1)  # past the block the cache is not used
     for use_cache in (True, False):  # warm-up: first calls pay for allocations
         greedy(model, trainer.device, min(new_tokens, 8), use_cache)
@@ -201,38 +219,31 @@ def measure_sampling(trainer, sample_tokens, sample_rows, sample_rounds, packed_
     for _ in range(sample_rounds):
         one_row = max(one_row, sampled_rows(model, trainer.device, new_tokens, 1))  # the one-at-a-time loop's rate
         batched = max(batched, sampled_rows(model, trainer.device, new_tokens, sample_rows))
-    return {
-        'sample_rows': sample_rows,
-        'sample_rounds': sample_rounds,
-        'sample_one_row_tokens_per_sec': one_row,
-        'sample_batched_tokens_per_sec': batched,
-        'sample_batched_speedup': batched / one_row,
-        'sample_new_tokens': new_tokens,
-        'sample_cache_tokens_per_sec': cache_speed,
-        'sample_no_cache_tokens_per_sec': rerun_speed,
-        'sample_cache_speedup': cache_speed / rerun_speed,
-        'sample_same_tokens': torch.equal(cached, rerun),  # may differ in low precision, where near-ties flip
-        'sample_packed_weights': any(isinstance(m, PackedLinear) for m in model.modules()),
-    }
+    return {'sample_rows': sample_rows, 'sample_rounds': sample_rounds, 'sample_one_row_tokens_per_sec': one_row,
+            'sample_batched_tokens_per_sec': batched, 'sample_batched_speedup': batched / one_row,
+            'sample_new_tokens': new_tokens, 'sample_cache_tokens_per_sec': cache_speed,
+            'sample_no_cache_tokens_per_sec': rerun_speed, 'sample_cache_speedup': cache_speed / rerun_speed,
+            'sample_same_tokens': torch.equal(cached, rerun),  # may differ in low precision, where near-ties flip
+            'sample_packed_weights': any(isinstance(m, PackedLinear) for m in model.modules()),
+            **(measure_speculative(trainer, model, draft, new_tokens, sample_rows, sample_rounds, draft_tokens,
+                                   packed_weights) if draft else {})}
 
 
 def run_bench(cfg, explicit, bench):
     trainer = BenchTrainer(cfg, explicit, bench['real_data'])
     model = trainer.raw_model
-    results = {
-        'model_type': cfg.model_type, 'params': model.get_num_params(), 'n_layer': model.config.n_layer,
-        'n_head': model.config.n_head, 'n_embd': model.config.n_embd, 'block_size': cfg.block_size,
-        'batch_size': cfg.batch_size, 'gradient_accumulation_steps': cfg.gradient_accumulation_steps,
-        'device': trainer.device, 'threads': torch.get_num_threads(), 'dtype': trainer.dtype, 'compile': cfg.compile,
-        'real_data': bench['real_data'], 'activation_checkpointing': cfg.activation_checkpointing,
-        'lora_rank': cfg.lora_rank,
-        'warmup_steps': bench['warmup_steps'], 'measure_steps': bench['measure_steps'],
-    }
+    results = {'model_type': cfg.model_type, 'params': model.get_num_params(), 'n_layer': model.config.n_layer,
+               'n_head': model.config.n_head, 'n_embd': model.config.n_embd, 'block_size': cfg.block_size,
+               'batch_size': cfg.batch_size, 'gradient_accumulation_steps': cfg.gradient_accumulation_steps,
+               'device': trainer.device, 'threads': torch.get_num_threads(), 'dtype': trainer.dtype,
+               'compile': cfg.compile, 'activation_checkpointing': cfg.activation_checkpointing, 'lora_rank': cfg.lora_rank,
+               **{key: bench[key] for key in ('real_data', 'warmup_steps', 'measure_steps')}}
     if bench['measure_steps']:
         results.update(measure_training(trainer, bench['warmup_steps'], bench['measure_steps']))
     if bench['sample_tokens'] and cfg.model_type == 'gpt':
         results.update(measure_sampling(trainer, bench['sample_tokens'], bench['sample_rows'],
-                                         bench['sample_rounds'], bench['packed_weights']))
+                                         bench['sample_rounds'], bench['packed_weights'], bench['draft'],
+                                         bench['draft_tokens']))
     return results
 
 
@@ -259,6 +270,14 @@ def print_table(r):
               f"best of {r['sample_rounds']}:")
         print(f"  one at a time   {r['sample_one_row_tokens_per_sec']:,.1f}")
         print(f"  one batch       {r['sample_batched_tokens_per_sec']:,.1f}  ({r['sample_batched_speedup']:.1f}x)")
+    if 'spec_greedy_speedup' in r:
+        print(f"the same batch by speculative decoding, draft of {r['draft_params'] / 1e6:.2f}M parameters, "
+              f"{r['draft_tokens']} tokens a pass (tokens/s of all rows, best of {r['sample_rounds']}; greedy's "
+              f"tokens plain greedy's: {r['spec_same_tokens']}):")
+        for name in ('greedy', 't0.8'):
+            print(f"  {name:<6}  plain {r[f'spec_{name}_plain_tokens_per_sec']:,.1f}, speculative "
+                  f"{r[f'spec_{name}_tokens_per_sec']:,.1f} ({r[f'spec_{name}_speedup']:.2f}x), "
+                  f"{r[f'spec_{name}_accepted_per_pass']:.2f} draft tokens kept per pass")
 
 
 def main(argv=None):
@@ -268,8 +287,9 @@ def main(argv=None):
     for key in ('warmup_steps', 'measure_steps', 'sample_tokens', 'sample_rows'):
         if bench[key] < 0:
             raise UserError(f"{key} must not be negative, got {bench[key]}")
-    if bench['sample_rounds'] < 1:
-        raise UserError(f"sample_rounds must be at least 1, got {bench['sample_rounds']}")
+    for key in ('sample_rounds', 'draft_tokens'):
+        if bench[key] < 1:
+            raise UserError(f"{key} must be at least 1, got {bench[key]}")
     settings['wandb_log'] = False  # a benchmark is not a run to log
     quiet = redirect_stdout(sys.stderr) if bench['json'] else nullcontext()  # stdout: the JSON object only
     with quiet, tempfile.TemporaryDirectory() as scratch:

@@ -1,14 +1,7 @@
-"""
-Settings for the scripts, nanoGPT style: each script defines its settings as plain
-module-level variables; then, in the order given on the command line,
-
-    python train.py config/train_shakespeare_char.py --batch_size=32 --compile=False
-
-a config file (trusted Python, executed) and `--key=value` flags (parsed as Python
-literals only, never executed) override them. Unknown keys and values of the wrong
-type are one-line errors that name the key and the closest valid one. `--help` lists the
-settings with their defaults and the comments beside them in the script, grouped as there.
-"""
+"""Settings for the scripts, nanoGPT style: each script defines its settings as plain module-level variables, which
+config files (trusted Python, executed) and `--key=value` flags (Python literals, never executed) override in the order
+given: python train.py config/train_shakespeare_char.py --batch_size=32 --compile=False. Unknown keys and values of
+the wrong type are one-line errors; `--help` lists the settings with their defaults and the script's comments."""
 
 import ast
 import difflib
@@ -63,12 +56,9 @@ def run_config_file(path, settings):
         raise UserError(f"config file {path} not found (settings are given as --key=value)")
     namespace = dict(settings, __file__=os.path.abspath(path))  # a config can build on another one beside it
     with open(path) as f:
-        code = compile(f.read(), path, 'exec')
-    exec(code, namespace)
+        exec(compile(f.read(), path, 'exec'), namespace)
     changed = {}
-    for key, value in namespace.items():
-        if key.startswith('_') or key == '__builtins__' or not isinstance(value, SETTING_TYPES):
-            continue  # imports, helpers
+    for key, value in settings_of(namespace).items():  # not imports or helpers
         if key not in settings:
             raise UserError(f"{path}: {unknown_key(key, settings)}")
         if value is not settings[key] and value != settings[key]:
@@ -77,9 +67,8 @@ def run_config_file(path, settings):
 
 
 def configure(settings, argv=None, sources=()):
-    """Apply config files and --key=value flags from argv to a copy of `settings`.
-    Returns (settings, the set of keys the user set explicitly). `sources`: the script files that
-    define the settings, whose comments `--help` (or -h) prints before exiting with status 0."""
+    """Apply config files and --key=value flags from argv to a copy of `settings`; return it and the keys set
+    explicitly. `sources`: the files that define the settings, whose comments `--help` (or -h) prints before exiting 0."""
     argv = sys.argv[1:] if argv is None else argv
     if '--help' in argv or '-h' in argv:
         print(help_text(settings, sources, script=os.path.basename(sources[0]) if sources else None))
@@ -103,10 +92,9 @@ def configure(settings, argv=None, sources=()):
 
 
 def documented_settings(path, names):
-    """[(name, comment, section)] of the settings in `names` that the file at `path` assigns at its
-    top level (`name = value  # comment`) or passes to a top-level dict(...) call (`name=value,  # comment`),
-    in the file's order. A setting's section is the block of comment lines just above it (dashed
-    lines left out), and carries over to the settings below it until the next such block."""
+    """[(name, comment, section)] of the settings in `names` that the file at `path` assigns at its top level
+    (`name = value  # comment`) or in a top-level dict(...) call, in the file's order. A section is the block of comment
+    lines (dashed lines left out) just above a setting, and carries over to the settings below it until the next one."""
     with open(path, encoding='utf-8') as f:
         source = f.read()
     comments, comment_lines = {}, set()  # line -> comment text; lines holding only a comment
@@ -141,15 +129,13 @@ def help_text(settings, sources=(), script=None):
     """The settings with their defaults and comments, grouped by the section comments of `sources`."""
     lines = [f"usage: python {script or 'SCRIPT'} [config/FILE.py ...] [--key=value ...]",
              "Settings and their defaults; config files, then flags, override them in the order given."]
-    documented, seen = [], set()
+    documented = {}  # name -> (comment, section), the first source's
     for path in sources:
         for name, comment, section in documented_settings(path, settings):
-            if name not in seen:
-                seen.add(name)
-                documented.append((name, comment, section))
-    documented += [(name, '', 'other') for name in settings if name not in seen]
+            documented.setdefault(name, (comment, section))
+    documented.update({name: ('', 'other') for name in settings if name not in documented})
     section = None
-    for name, comment, group in documented:
+    for name, (comment, group) in documented.items():
         if group != section:
             section = group
             lines.append(f"\n# {group}" if group else "")

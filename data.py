@@ -1,11 +1,7 @@
-"""
-Training batches from prepared datasets (see prepare/), for every model kind.
-
-A dataset draws the rows of a whole *global* batch (every micro-step of every rank) from
-one seeded generator, and each rank then takes its share. The batches a run sees are
-therefore the same whatever the number of processes, and the generator's state (or an
-EpochSampler's position) is all that a checkpoint needs to continue the data stream exactly.
-"""
+"""Training batches from prepared datasets (prepare/), for every model kind. A dataset draws the rows of a whole
+global batch (every micro-step of every rank) from one seeded generator, and each rank takes its share: the
+batches are the same whatever the number of processes, and the generator's state (or an EpochSampler's
+position) is all a checkpoint needs to continue the data stream exactly."""
 
 import importlib
 import math
@@ -221,7 +217,7 @@ class TokenStream(Batches):
     """GPT data: one long stream of token ids per split. A row is a window of block_size + 1
     tokens: its inputs are the first block_size, its targets the same shifted by one token.
 
-    sample() draws rows with a torch.Generator (random, with replacement: nanoGPT's windows at any
+    draw() draws rows with a torch.Generator (random, with replacement: nanoGPT's windows at any
     offset) or with an EpochSampler (every non-overlapping window once per epoch, in a permuted
     order). align_documents=True: a row is instead a pack of whole documents starting at a
     document start (pack_documents); rows are then the numbers of those packs."""

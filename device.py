@@ -1,9 +1,6 @@
-"""
-Hardware: which device and dtype to run on, how fast the device can go, and the speed-ups
-that only pay on some hardware. model.py stays plain PyTorch; each speed-up here is applied
-to a built model by `speed_up(model, ...)`, says what it gains where it was measured, and has
-a test that it gives the numbers of the plain code.
-"""
+"""Hardware: which device and dtype to run on, how fast the device can go, and the speed-ups that only pay on
+some hardware. model.py stays plain PyTorch; `speed_up(model, ...)` applies each speed-up here to a built model;
+each says what it gains where it was measured, and has a test that it gives the numbers of the plain code."""
 
 import ctypes
 import math
@@ -29,20 +26,19 @@ def resolve_device(name):
     if name == 'auto':
         return 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
     try:
-        kind = torch.device(name).type
+        device = torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown device {name!r}: use cpu, cuda, cuda:N, mps or auto") from None
     present = {'cpu': True, 'cuda': torch.cuda.is_available(), 'mps': torch.backends.mps.is_available()}
-    if not present.get(kind, False):
+    if not present.get(device.type, False):
         raise UserError(f"device {name!r} is not available on this machine: use --device=cpu (or auto)")
-    if kind == 'cuda' and torch.device(name).index is not None:  # cuda:N: every later CUDA call (RNG state,
+    if device.type == 'cuda' and device.index is not None:  # cuda:N: every later CUDA call (RNG state,
         torch.cuda.set_device(name)  # bf16 query, allocations) then means that GPU; plain 'cuda' is the current one
     return name
 
 
 def cuda_has_bf16():
-    """bf16 in hardware (compute capability 8.0+: A100, H100, RTX 30xx...). Without
-    including_emulation=False, torch answers True on a V100 or T4 too, which emulate it slowly."""
+    """bf16 in hardware (compute capability 8.0+); torch's default also says True where it is emulated (V100, T4)."""
     return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
@@ -52,20 +48,16 @@ def cpu_has_bf16():
 
 
 def training_dtype(dtype, device_type):
-    """dtype='auto': bf16 where the hardware computes in it, float16 (with a gradient scaler) on
-    older GPUs, float32 elsewhere."""
+    """'auto': bf16 where the hardware computes in it, float16 (with a gradient scaler) on older GPUs, else float32."""
     if dtype != 'auto':
         return dtype
     if device_type == 'cuda':
         return 'bfloat16' if cuda_has_bf16() else 'float16'
-    if device_type == 'cpu' and cpu_has_bf16():
-        return 'bfloat16'
-    return 'float32'
+    return 'bfloat16' if device_type == 'cpu' and cpu_has_bf16() else 'float32'
 
 
 def inference_dtype(dtype, device_type):
-    """Weights for generation: it reads every weight per token, and half-size weights are read
-    twice as fast. No gradient scaler is needed, so float16 is safe on older GPUs."""
+    """Generation reads each weight once per token: half-size ones are read twice as fast; float16 needs no scaler."""
     return training_dtype(dtype, device_type)
 
 
@@ -81,8 +73,7 @@ def compile_supported(device):
 
 
 def compiles(wanted, device, log):
-    """Whether to torch.compile the model: as asked, except on GPUs older than Volta (compute
-    capability 7.0), where Triton has no kernels: there compile is turned off with a line saying why."""
+    """Whether to torch.compile: as asked, but off, with a line saying why, on GPUs before Volta (no Triton kernels)."""
     if wanted and not compile_supported(device):
         major, minor = torch.cuda.get_device_capability(device)
         log(f"compile=True turned off: torch.compile needs a GPU of compute capability 7.0 or newer, "
@@ -106,20 +97,17 @@ def keep_freed_memory():
 # ---------------------------------------------------------------------------
 # Peak FLOP/s of the device, for MFU
 
-# Dense bf16/fp16 tensor-core FLOP/s with float32 accumulation (what PyTorch uses), from the
-# vendors' data sheets. Matched against torch.cuda.get_device_name by its longest contained key,
-# so 'NVIDIA H100 NVL' finds 'H100 NVL', not 'H100'; a name no key matches is measured instead.
+# Dense bf16/fp16 tensor-core FLOP/s with float32 accumulation (what PyTorch uses), from the vendors' data sheets.
+# torch.cuda.get_device_name's longest key wins ('NVIDIA H100 NVL': 'H100 NVL', not 'H100'); no key: measured instead.
 GPU_PEAK_BF16 = {
     'H200': 989e12, 'H200 NVL': 835e12, 'H100': 989e12, 'H100 PCIe': 756e12, 'H100 NVL': 835e12, 'H800': 989e12,
     'A100': 312e12, 'A800': 312e12, 'L40S': 362e12, 'L40': 181e12, 'L4': 121e12,
     'A10G': 70e12, 'A10': 125e12, 'V100': 125e12, 'T4': 65e12,
-    'RTX 4090': 165e12, 'RTX 3090': 71e12,  # GeForce: half the fp16-accumulate rate of their data sheets
-}
+    'RTX 4090': 165e12, 'RTX 3090': 71e12}  # GeForce: half the fp16-accumulate rate of their data sheets
 
 
 def gpu_table_peak(name):
-    """The table's entry for a GPU name, or None. A key matches only as whole words: 'L4' is not
-    in 'L40S', 'A100' is not in 'RTX A1000'."""
+    """The entry for a GPU name, or None; keys match whole words: 'L4' not in 'L40S', 'A100' not in 'RTX A1000'."""
     words = name.replace('-', ' ').split()
     matches = [key for key in GPU_PEAK_BF16
                if any(words[i:i + len(key.split())] == key.split() for i in range(len(words)))]
@@ -147,8 +135,7 @@ def measured_peak_flops(device, dtype):
     # random, not constant: a GPU multiplies constant matrices ~10% faster than real ones (fewer bits flip,
     # less power, higher clocks), which made MFU read that much low. Drawn from a generator of its own, so
     # that the global random stream, which a resumed run has just restored (its dropout masks), stays put
-    generator = torch.Generator(device).manual_seed(0)
-    a = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=torch.Generator(device).manual_seed(0))
     best = float('inf')
     for _ in range(4):
         synchronize(device)
@@ -161,13 +148,10 @@ def measured_peak_flops(device, dtype):
 
 
 def peak_flops(device, dtype):
-    """Peak FLOP/s of one `device` for `dtype`: the data sheet for known GPUs (TF32 = half the
-    bf16 rate), a measured matmul in `dtype` otherwise (CPU, MPS, unknown GPUs)."""
+    """Peak FLOP/s of one `device` for `dtype`: the data sheet for known GPUs (TF32: half bf16's), else measured."""
     device = torch.device(device)
-    if device.type == 'cuda':
-        flops = gpu_table_peak(torch.cuda.get_device_name(device))
-        if flops is not None:
-            return flops / 2 if dtype == torch.float32 else flops
+    if device.type == 'cuda' and (flops := gpu_table_peak(torch.cuda.get_device_name(device))) is not None:
+        return flops / 2 if dtype == torch.float32 else flops
     return measured_peak_flops(device, dtype)
 
 
@@ -176,9 +160,8 @@ def peak_flops(device, dtype):
 
 
 class ReLUSquaredFunction(torch.autograd.Function):
-    """relu(x)^2 with its gradient 2 relu(x) written out: autograd's takes four passes over the
-    MLP's wide activations where two suffice, which makes the CPU recipe's steps ~4% faster
-    (memory-bound passes; measured on a 2-core AVX512-BF16 CPU). Same numbers as the plain code."""
+    """relu(x)^2 with its gradient 2 relu(x) written out: autograd's takes four passes over the MLP's wide activations
+    where two suffice; the CPU recipe's steps ~4% faster (memory-bound; measured on a 2-core AVX512-BF16 CPU)."""
 
     @staticmethod
     def forward(ctx, x):
@@ -200,9 +183,8 @@ class FastReLUSquared(model.ReLUSquared):
 
 
 class Float32AttentionFormula(model.AttentionFormula):
-    """Attention (softmax(q k^T / sqrt(d)) v) in float32 under CPU autocast: on a CPU, bf16
-    attention trains several times slower than float32's (no bf16 kernels for its small
-    matmuls and softmax), while the projections around it keep their ~2x bf16 gain."""
+    """Attention in float32 under CPU autocast: on a CPU, bf16 attention trains several times slower than float32's
+    (no bf16 kernels for its small matmuls and softmax), while the projections around it keep their ~2x bf16 gain."""
 
     def forward(self, q, k, v, **kwargs):
         if not torch.is_autocast_enabled('cpu'):  # weights already in one dtype (sampling): nothing to do
@@ -235,18 +217,15 @@ def muon_lr_scale(adjust_lr_fn, shape):
 
 
 class Float32Muon(torch.optim.Muon):
-    """torch.optim.Muon with its Newton-Schulz iterations in float32 instead of bf16. A CPU without
-    bf16 arithmetic emulates bf16 matmuls: there one Muon step of a 4 x 128 model takes ~950 ms with
-    torch's, ~27 ms with this one (a 2-core EPYC without AVX512-BF16), which made the CPU recipe's
-    steps ~7x slower. Same settings, state and update rule as torch's (momentum, Nesterov, decoupled
-    weight decay, learning-rate scaling by shape)."""
+    """torch.optim.Muon with its Newton-Schulz iterations in float32 instead of bf16. A CPU without bf16 arithmetic
+    emulates bf16 matmuls: there one Muon step of a 4 x 128 model takes ~950 ms with torch's, ~27 ms with this one
+    (a 2-core EPYC without AVX512-BF16), which made the CPU recipe's steps ~7x slower. Same settings, state and
+    update rule as torch's (momentum, Nesterov, decoupled weight decay, learning-rate scaling by shape)."""
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        with torch.enable_grad():
+            loss = None if closure is None else closure()
         for group in self.param_groups:
             for p in group['params']:
                 if p.grad is None:
@@ -272,19 +251,16 @@ def one_token_kernels(tokens):
     """Run a step that feeds one token of one sequence with PyTorch's own matrix-vector kernels
     on a CPU: there, with bf16 weights, they stream the weights ~1.7x faster than oneDNN's matmul
     (measured on an AVX512-BF16 CPU), which stays the faster choice for any step with more rows."""
-    if tokens.device.type != 'cpu' or tokens.numel() != 1 or not torch.backends.mkldnn.enabled:
-        yield
-        return
-    torch.backends.mkldnn.enabled = False
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled and not (tokens.device.type == 'cpu' and tokens.numel() == 1)
     try:
         yield
     finally:
-        torch.backends.mkldnn.enabled = True
+        torch.backends.mkldnn.enabled = enabled
 
 
 def one_token_steps(net):
-    """Run each generation step that feeds one token (sample.py, one sample at a time) under
-    one_token_kernels: the step is what generation calls, generation_step(net). Returns net."""
+    """Run each generation step (generation_step(net)) that feeds one token under one_token_kernels. Returns net."""
     name = generation_step(net)
     step = getattr(net, name)
 
@@ -296,8 +272,7 @@ def one_token_steps(net):
 
 
 def generation_step(net):
-    """The method generation calls at every step: an encoder-decoder's decode (translation never calls
-    forward), any other model's forward."""
+    """The method generation calls at every step: an encoder-decoder's decode (never its forward), else forward."""
     return 'decode' if isinstance(net, model.Seq2SeqTransformer) else 'forward'
 
 
@@ -311,12 +286,11 @@ def no_attention_plans_per_shape():
 
 
 class PackedLinear(nn.Module):
-    """A Linear for inference whose weight oneDNN has laid out once, in the blocked order its
-    matrix kernel reads: a plain Linear's float32 matmul re-lays the weight out on every call.
-    Measured on a 2-core AVX2 EPYC, float32, the same tokens as the plain model: sampling the
-    6x384 Shakespeare model 18% faster with one row, 26% with ten (medians of six alternating rounds);
-    GPT-2 124M 12% and ~1.9x; a forward of 8 x 256 tokens 20%. The packed weight is a copy that an
-    optimizer would not see: for inference only."""
+    """A Linear for inference whose weight oneDNN has laid out once, in the blocked order its matrix kernel reads:
+    a plain Linear's float32 matmul re-lays the weight out on every call. Measured on a 2-core AVX2 EPYC, float32,
+    the same tokens as the plain model: sampling the 6x384 Shakespeare model 18% faster with one row, 26% with ten
+    (medians of six alternating rounds); GPT-2 124M 12% and ~1.9x; a forward of 8 x 256 tokens 20%. The packed
+    weight is a copy that an optimizer would not see: for inference only."""
 
     def __init__(self, linear):
         super().__init__()
@@ -337,8 +311,7 @@ def swap_modules(net, replacement):
     """Replace, in place, each submodule of `net` for which replacement(submodule) gives a module. Returns net."""
     for parent in list(net.modules()):
         for name, child in list(parent.named_children()):
-            new = replacement(child)
-            if new is not None:
+            if (new := replacement(child)) is not None:
                 setattr(parent, name, new)
     return net
 
@@ -353,9 +326,8 @@ def pack_for_inference(net, device_type, dtype):
 
 
 def speed_up(net, device_type, dtype):
-    """Apply the speed-ups that pay on this hardware to the model `net` (in place; returns it): its
-    model.ReLUSquared modules become FastReLUSquared; on a CPU under bf16 autocast its
-    model.AttentionFormula modules become Float32AttentionFormula. The same numbers as the plain modules."""
+    """Apply the speed-ups that pay on this hardware to `net` (in place; returns it): ReLUSquared modules become
+    FastReLUSquared; on a CPU under bf16 autocast, AttentionFormula ones Float32AttentionFormula. Same numbers."""
     if device_type == 'cuda':
         no_attention_plans_per_shape()
     cpu_autocast = device_type == 'cpu' and dtype != 'float32'

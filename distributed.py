@@ -1,10 +1,4 @@
-"""
-The processes of one run: torchrun's ranks, their process group, and the decisions they take together.
-
-    ranks = setup(device, backend, fsdp)    # RANK, WORLD_SIZE... from torchrun's environment, or one process
-    rank0_decides(decide)                   # what rank 0 finds, for every rank (files, folders)
-    any_rank(flag, device), all_sum(t)      # collectives that every rank calls
-"""
+"""The processes of one run: torchrun's ranks, their process group, and the decisions they take together."""
 
 import inspect
 import os

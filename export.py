@@ -1,26 +1,18 @@
-"""
-Export a trained GPT or encoder to a Hugging Face folder, for the transformers ecosystem:
+"""Export a trained GPT or encoder to a Hugging Face folder (model.safetensors, config.json, the tokenizer):
 
     python export.py --out_dir=out-shakespeare-char --to=hf-shakespeare-char
     python export.py --out_dir=out-sst2-cpu --to=hf-sst2      # an encoder: RoBERTa (pre-layer-norm)
 
-The folder holds the weights (model.safetensors), config.json and the tokenizer, so that
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
-    model = AutoModelForCausalLM.from_pretrained('hf-shakespeare-char')
-    tokenizer = AutoTokenizer.from_pretrained('hf-shakespeare-char')
-    print(pipeline('text-generation', model='hf-shakespeare-char')('ROMEO:', max_new_tokens=100))
-
-work. Our GPT with its default architecture is GPT-2, so the export is exact (the same logits);
-the modern options (RoPE, RMSNorm, SwiGLU, ...) have no GPT-2 equivalent and are refused. An
-encoder with the classic architecture is transformers' RobertaPreLayerNorm (pre-norm blocks, as
-ours): AutoModelForMaskedLM or AutoModelForSequenceClassification, and pipeline('fill-mask') or
-pipeline('text-classification'), load the folder.
-"""
+Our GPT with its default architecture is GPT-2, so the export is exact (the same logits), for transformers'
+AutoModelForCausalLM, AutoTokenizer and pipeline('text-generation'); the modern options (RoPE, RMSNorm, SwiGLU, ...)
+have no GPT-2 equivalent and are refused. An encoder with the classic architecture is transformers'
+RobertaPreLayerNorm (pre-norm blocks, as ours), for AutoModelForMaskedLM or AutoModelForSequenceClassification,
+pipeline('fill-mask') or pipeline('text-classification')."""
 
 import json
 import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -77,24 +69,19 @@ def hf_config(args, eot_token):
     transformers = import_transformers()
     dropout = args.get('dropout', 0.0)  # used only if the exported model is trained further
     return transformers.GPT2Config(
-        vocab_size=args['vocab_size'], n_positions=args['block_size'], n_embd=args['n_embd'],
-        n_layer=args['n_layer'], n_head=args['n_head'], activation_function=HF_ACTIVATION[args.get('mlp', 'gelu')],
-        layer_norm_epsilon=1e-5, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
-        bos_token_id=eot_token, eos_token_id=eot_token)
+        vocab_size=args['vocab_size'], n_positions=args['block_size'], n_embd=args['n_embd'], n_layer=args['n_layer'],
+        n_head=args['n_head'], activation_function=HF_ACTIVATION[args.get('mlp', 'gelu')], layer_norm_epsilon=1e-5,
+        resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, bos_token_id=eot_token, eos_token_id=eot_token)
 
 
 def hf_state_dict(model, hf_state):
-    """Our weights under transformers' GPT-2 names: the same names, a few matrices transposed
-    (they are Conv1D there), and zeros for the biases a bias=False model lacks (exact: a zero
-    bias adds nothing)."""
+    """Our weights under transformers' GPT-2 names: the same names, a few matrices transposed (they are Conv1D
+    there), and zeros for the biases a bias=False model lacks (exact: a zero bias adds nothing)."""
     ours = model.state_dict()
-    state = {}
-    for name, hf_tensor in hf_state.items():
-        if name not in ours and name.endswith('.bias') and name.removesuffix('.bias') + '.weight' in ours:
-            state[name] = torch.zeros_like(hf_tensor)
-        else:
-            state[name] = ours[name].t().contiguous() if name.endswith(HF_TRANSPOSED) else ours[name]
-    return state
+    return {name: torch.zeros_like(hf_tensor)
+            if name not in ours and name.endswith('.bias') and name.removesuffix('.bias') + '.weight' in ours
+            else ours[name].t().contiguous() if name.endswith(HF_TRANSPOSED) else ours[name]
+            for name, hf_tensor in hf_state.items()}
 
 
 def save_model(checkpoint, folder, eot_token):
@@ -116,18 +103,15 @@ ROBERTA_NAMES = (
     ('.attention.LayerNorm', '.ln_1'), ('.attention.output.dense', '.attn.c_proj'),
     ('.intermediate.LayerNorm', '.ln_2'), ('.intermediate.dense', '.mlp.c_fc'), ('.output.dense', '.mlp.c_proj'),
     ('lm_head.', 'mlm_head.'), ('mlm_head.layer_norm', 'mlm_head.norm'), ('mlm_head.decoder.bias', 'mlm_head.bias'),
-    ('mlm_head.decoder.', 'mlm_head.out_proj.'),
-)
+    ('mlm_head.decoder.', 'mlm_head.out_proj.'))
 QKV = ('query', 'key', 'value')  # RoBERTa's three matrices are the thirds of our c_attn
 
 
 def roberta_config(args, label_names):
     transformers = import_transformers()
     dropout = args.get('dropout', 0.0)  # used only if the exported model is trained further
-    labels = {}
-    if args['n_classes']:
-        labels = dict(num_labels=args['n_classes'], id2label=dict(enumerate(label_names)),
-                      label2id={name: i for i, name in enumerate(label_names)})
+    labels = dict(num_labels=args['n_classes'], id2label=dict(enumerate(label_names)),
+                  label2id={name: i for i, name in enumerate(label_names)}) if args['n_classes'] else {}
     return transformers.RobertaPreLayerNormConfig(
         vocab_size=args['vocab_size'], hidden_size=args['n_embd'], num_hidden_layers=args['n_layer'],
         num_attention_heads=args['n_head'], intermediate_size=4 * args['n_embd'],
@@ -175,21 +159,18 @@ def save_encoder(checkpoint, folder):
 
 
 def byte_to_unicode():
-    """GPT-2's vocabulary files spell each byte as a printable character: the printable ASCII and
-    Latin-1 bytes as themselves, the others (controls, space, ...) as chr(256), chr(257), ...
-    in byte order. So a space is 'Ġ' (chr(288)) and a newline 'Ċ'."""
+    """GPT-2's vocabulary files spell each byte as a printable character: printable ASCII and Latin-1 bytes as
+    themselves, the others (controls, space...) as chr(256), chr(257)... in byte order: a space is 'Ġ', newline 'Ċ'."""
     printable = [*range(ord('!'), ord('~') + 1), *range(ord('¡'), ord('¬') + 1), *range(ord('®'), ord('ÿ') + 1)]
     others = [b for b in range(256) if b not in printable]
     return {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(others)}}
 
 
 def merged_pair(token, ranks):
-    """The two tokens whose merge made `token`: BPE replayed on its bytes with only the merges
-    learned before it (lower ranks) ends in exactly two parts."""
+    """The two tokens whose merge made `token`: BPE on its bytes with only the earlier merges ends in two parts."""
     parts = [bytes([b]) for b in token]
     while True:
-        candidates = [(ranks.get(a + b, len(ranks)), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
-        rank, i = min(candidates)
+        rank, i = min((ranks.get(a + b, len(ranks)), i) for i, (a, b) in enumerate(zip(parts, parts[1:])))
         if rank >= ranks[token]:
             return parts
         parts[i:i + 2] = [parts[i] + parts[i + 1]]
@@ -200,8 +181,7 @@ def gpt2_vocab_and_merges(encoding):
     ranks = encoding._mergeable_ranks
     spell = byte_to_unicode()
     text = {token: ''.join(spell[b] for b in token) for token in ranks}
-    vocab = {text[token]: rank for token, rank in ranks.items()}
-    vocab.update(encoding._special_tokens)  # '<|endoftext|>'
+    vocab = {**{text[token]: rank for token, rank in ranks.items()}, **encoding._special_tokens}  # + '<|endoftext|>'
     merges = [' '.join(text[part] for part in merged_pair(token, ranks))
               for token in sorted(ranks, key=ranks.get) if len(token) > 1]
     return vocab, merges
@@ -211,10 +191,8 @@ def save_gpt2_tokenizer(name, folder, block_size):
     """GPT-2's tokenizer: vocab.json and merges.txt, loaded by transformers, which adds tokenizer.json."""
     transformers = import_transformers()
     vocab, merges = gpt2_vocab_and_merges(TiktokenTokenizer(name)._encoding)  # a missing tiktoken is a UserError
-    with open(os.path.join(folder, 'vocab.json'), 'w', encoding='utf-8') as f:
-        json.dump(vocab, f, ensure_ascii=False)
-    with open(os.path.join(folder, 'merges.txt'), 'w', encoding='utf-8') as f:
-        f.write('#version: 0.2\n' + '\n'.join(merges) + '\n')
+    Path(folder, 'vocab.json').write_text(json.dumps(vocab, ensure_ascii=False), encoding='utf-8')
+    Path(folder, 'merges.txt').write_text('#version: 0.2\n' + '\n'.join(merges) + '\n', encoding='utf-8')
     # decode must give back the text exactly, as tiktoken does: no clean-up of spaces
     tokenizer = transformers.GPT2TokenizerFast.from_pretrained(
         folder, clean_up_tokenization_spaces=False, model_max_length=block_size)
@@ -251,11 +229,9 @@ def save_fast_tokenizer(tokenizer, folder, block_size, **special_tokens):
         tokenizer_object=tokenizer, clean_up_tokenization_spaces=False, model_max_length=block_size, **special_tokens)
     tokenizer.save_pretrained(folder)
     # transformers 5 names the class TokenizersBackend, which earlier versions lack; all know this name
-    config_path = os.path.join(folder, 'tokenizer_config.json')
-    with open(config_path) as f:
-        config = json.load(f)
-    with open(config_path, 'w') as f:
-        json.dump({**config, 'tokenizer_class': 'PreTrainedTokenizerFast'}, f, indent=2)
+    path = Path(folder, 'tokenizer_config.json')
+    config = {**json.loads(path.read_text()), 'tokenizer_class': 'PreTrainedTokenizerFast'}
+    path.write_text(json.dumps(config, indent=2))
     return tokenizer
 
 
@@ -265,9 +241,6 @@ def save_tokenizer(state, folder, block_size):
     if state['kind'] == 'masked_lm':
         return save_masked_lm_tokenizer(state, folder, block_size)
     return save_gpt2_tokenizer(state['name'], folder, block_size)
-
-
-# ---------------------------------------------------------------------------
 
 
 def export(checkpoint, folder):

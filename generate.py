@@ -32,26 +32,38 @@ class KVCache:
 
     Self-attention layers write each new position into buffers of max_len positions made on
     first use (no re-allocation as the text grows). Cross-attention layers store the
-    projection of the encoder output once per source batch (it never changes while decoding it)."""
+    projection of the encoder output once per source batch (it never changes while decoding it).
+    Rows may hold different numbers of positions (`lengths`, speculative decoding's rows), each rolled back alone."""
 
     def __init__(self, max_len):
         self.max_len = max_len
-        self.pos = 0  # positions held so far
+        self.pos = 0  # positions held so far (the longest row's)
+        self.lengths = None  # (B,) each row's positions, when rows hold different numbers (speculative_rows)
         self.self_kv = {}  # layer -> (k, v) buffers, (B, heads, max_len, head_dim)
         self.cross_kv = {}  # layer -> (memory, (k, v) of that memory)
 
     def reserve(self, T):
         """A forward of T new tokens begins: they take positions pos..pos+T-1 (model.causal_attention
-        masks them). Returns pos, the positions already held."""
+        masks them). Returns pos, the positions already held (each row's, a tensor, when they differ)."""
+        if self.lengths is not None:
+            start, self.lengths, self.pos = self.lengths, self.lengths + T, self.pos + T
+            return start
         start, self.pos = self.pos, self.pos + T
         return start
 
     def append(self, layer, k, v):
         """Store the new tokens' k, v (B, heads, T, head_dim) where reserve put them; return the keys and values so far."""
-        if layer not in self.self_kv:
-            B, H, _, D = k.shape
-            self.self_kv[layer] = (k.new_empty(B, H, self.max_len, D), v.new_empty(B, H, self.max_len, D))
+        if layer not in self.self_kv:  # zeros: rows of different lengths read (masked) slots never written, and
+            B, H, _, D = k.shape       # a masked NaN of uninitialised memory would still be NaN (0 x NaN)
+            self.self_kv[layer] = (k.new_zeros(B, H, self.max_len, D), v.new_zeros(B, H, self.max_len, D))
         keys, values = self.self_kv[layer]
+        if self.lengths is not None:  # row r's new tokens go to its positions lengths[r] - T .. lengths[r] - 1
+            B, H, T, D = k.shape  # as rows of the flat buffers: index_copy_ is ~20x faster than scatter_ in bf16
+            at = (self.lengths - T)[:, None, None] + torch.arange(T, device=k.device)
+            at = (at + torch.arange(B * H, device=k.device).view(B, H, 1) * self.max_len).view(-1)
+            for buffer, new in ((keys, k), (values, v)):
+                buffer.view(-1, D).index_copy_(0, at, new.reshape(-1, D))
+            return keys[:, :, :self.pos], values[:, :, :self.pos]
         start = self.pos - k.size(2)
         keys[:, :, start:self.pos], values[:, :, start:self.pos] = k, v
         return keys[:, :, :self.pos], values[:, :, :self.pos]
@@ -70,6 +82,15 @@ class KVCache:
         Cross-attention entries are the same for every beam of a sentence and stay put."""
         for layer, (k, v) in self.self_kv.items():
             self.self_kv[layer] = (k[rows], v[rows])
+        if self.lengths is not None:
+            self.roll_back(self.lengths[rows])
+
+    def roll_back(self, lengths):
+        """Keep the first lengths[r] positions of each row r (B,), forgetting the rest: a rejected draft's tokens.
+        Nothing is copied; the next tokens are written over them, and the mask (model.causal_attention) never
+        lets a row read past its length. Rows of one length go back to the plain path (one length for all)."""
+        self.pos = int(lengths.max())
+        self.lengths = None if bool((lengths == self.pos).all()) else lengths
 
 
 def next_token_logits(forward, tokens, cache):
@@ -92,9 +113,17 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
+    return draw(token_probabilities(logits, temperature, top_k, top_p), generators)
+
+
+def token_probabilities(logits, temperature=1.0, top_k=None, top_p=None):
+    """The distribution sample_next_token draws from, for logits (..., V): temperature, then top_k, then top_p;
+    temperature 0 puts all of it on the argmax."""
+    if temperature == 0:
+        return F.one_hot(logits.argmax(dim=-1), logits.size(-1)).float()
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k).values[:, [-1]]
+        kth = torch.topk(logits, top_k).values[..., [-1]]
         logits = logits.masked_fill(logits < kth, float('-inf'))
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True)
@@ -102,9 +131,13 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator
         outside = probs.cumsum(dim=-1) - probs > top_p  # mass before this token already exceeds top_p
         sorted_logits = sorted_logits.masked_fill(outside, float('-inf'))
         logits = torch.full_like(logits, float('-inf')).scatter(-1, order, sorted_logits)
-    probs = F.softmax(logits, dim=-1)
-    # One draw per row from probs, as torch.multinomial(probs, 1) makes it (same noise, same token)
-    # but in one batched op: with Exp(1) noise, argmax(p / noise) picks token i with probability p_i.
+    return F.softmax(logits, dim=-1)
+
+
+def draw(probs, generators=None):
+    """One token per row of probs (B, V) (weights: they need not sum to 1), each row from its own generator if
+    given. As torch.multinomial(probs, 1) draws it (same noise, same token) but in one batched op: with Exp(1)
+    noise, argmax(p / noise) picks token i with probability p_i / sum(p)."""
     noise = torch.empty_like(probs)
     if generators is None:
         noise.exponential_()
@@ -172,6 +205,102 @@ def sample_rows(model, prompt, n_rows, max_new_tokens, temperature=1.0, top_k=No
             idx, running = idx[keep], [running[i] for i in still]
             if cache is not None:
                 cache.select(keep)
+
+
+def speculative_accept(p, q, drafted, generators=None):
+    """Speculative sampling's rule (Leviathan et al. 2023; Chen et al. 2023). drafted (B, k): the draft's tokens,
+    drawn from its probabilities q (B, k, V); p (B, k + 1, V): the model's there and one after (both shaped by
+    token_probabilities). Draft token i is kept with probability min(1, p_i / q_i) while all before it were; the
+    first rejected is replaced by a draw from max(0, p - q), and after k kept a token is drawn from p.
+    Returns (kept counts (B,), that token (B, 1)). Exact: x comes out by acceptance with probability
+    q(x) min(1, p(x) / q(x)) = min(p(x), q(x)), by rejection with sum_y max(0, q(y) - p(y)) = sum_y max(0, p(y) - q(y))
+    times max(0, p(x) - q(x)) / that sum: min(p, q)(x) + max(0, p(x) - q(x)) = p(x). Greedy: p and q one-hot."""
+    B, k = drafted.shape
+    u = torch.rand(B, k, device=p.device) if generators is None else \
+        torch.stack([torch.rand(k, generator=generator, device=p.device) for generator in generators])
+    p_drafted, q_drafted = p[:, :k].gather(-1, drafted[..., None])[..., 0], q.gather(-1, drafted[..., None])[..., 0]
+    kept = (u * q_drafted < p_drafted).long().cumprod(dim=1).sum(dim=1)
+    after = torch.cat(((p[:, :k] - q).clamp(min=0), p[:, k:]), dim=1)  # what the token after the kept ones is drawn from
+    return kept, draw(after[torch.arange(B, device=p.device), kept], generators)
+
+
+def propose(draft, cache, feed, k, temperature, top_k, top_p, generators):
+    """The draft's k tokens (B, k), drawn one at a time with its cache, and the probabilities (B, k, V) they were
+    drawn from (None when k is 0). feed (B, w): the tokens its cache has not read yet."""
+    tokens, probs = [feed[:, :0]], []
+    for _ in range(k):
+        probs.append(token_probabilities(draft(feed, cache=cache)[0][:, -1], temperature, top_k, top_p))
+        feed = draw(probs[-1], generators)
+        tokens.append(feed)
+    return torch.cat(tokens, dim=1), torch.stack(probs, dim=1) if k else None
+
+
+@torch.inference_mode()
+def speculative_rows(model, draft, prompt, n_rows, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                     generators=None, is_finished=None, draft_tokens=4, stats=None):
+    """sample_rows by speculative decoding (greedy: the same tokens; sampling: the same distribution). Each round
+    the draft, a smaller GPT with the same tokenizer, proposes draft_tokens tokens; the model reads them in one pass
+    and keeps in each row those speculative_accept accepts, and one of its own. Both caches hold each row's length
+    and roll back its rejected positions (KVCache.roll_back). Near block_size fewer are drafted; rows past it end
+    with sample_rows' plain steps. stats: a dict to count 'passes' (rows verified) and 'accepted' (tokens kept)."""
+    block_size, T, device = model.config.block_size, prompt.size(1), prompt.device
+    if T > block_size:
+        yield from sample_rows(model, prompt, n_rows, max_new_tokens, temperature, top_k, top_p, generators, is_finished)
+        return
+    cache, draft_cache = KVCache(block_size), KVCache(draft.config.block_size)
+    if T > 1:  # the prompt but its last token, read once by each model and copied to every row
+        for net, kv in ((model, cache), (draft, draft_cache)):
+            net(prompt[:, :-1], cache=kv)
+            kv.select(torch.zeros(n_rows, dtype=torch.long, device=device))
+    tokens = torch.cat((prompt.expand(n_rows, -1), prompt.new_zeros(n_rows, max_new_tokens + draft_tokens + 1)), dim=1)
+    length = torch.full((n_rows,), T, device=device)  # tokens of each row; the model's cache holds all but the last
+    behind = 1  # the draft's cache holds all but the last `behind` of each row
+    running, new_ids, parked = list(range(n_rows)) if max_new_tokens else [], [[] for _ in range(n_rows)], []
+    while running:
+        row_generators = [generators[row] for row in running] if generators is not None else None
+        k = min(draft_tokens, block_size - int(length.max()))  # the longest row's positions must fit
+        unread = tokens.gather(1, length[:, None] - behind + torch.arange(behind, device=device))
+        drafted, q = propose(draft, draft_cache, unread, k, temperature, top_k, top_p, row_generators)
+        logits = model(torch.cat((unread[:, -1:], drafted), dim=1), cache=cache, all_logits=True)[0]
+        p = token_probabilities(logits, temperature, top_k, top_p)
+        kept, own = speculative_accept(p, p[:, :0] if q is None else q, drafted, row_generators)
+        new = torch.cat((drafted, own), dim=1).scatter(1, kept[:, None], own)  # each row's first kept + 1 are new
+        tokens.scatter_(1, length[:, None] + torch.arange(k + 1, device=device), new)
+        cache.roll_back(length + kept)
+        if k:
+            draft_cache.roll_back(length + kept - 1)
+        behind, length = 2 if k else behind + 1, length + kept + 1
+        if stats is not None and k:
+            stats['passes'] = stats.get('passes', 0) + len(running)
+            stats['accepted'] = stats.get('accepted', 0) + int(kept.sum())
+        still, lengths = [], length.tolist()
+        for i, (row, ids, count) in enumerate(zip(running, new.tolist(), (kept + 1).tolist())):
+            for token in ids[:count]:
+                new_ids[row].append(token)
+                yield row, token
+                if len(new_ids[row]) == max_new_tokens or is_finished is not None and is_finished(row, new_ids[row]):
+                    break
+            else:
+                if lengths[i] > block_size:  # its context is full: to the plain steps
+                    parked.append((row, tokens[i, :block_size + 1]))
+                else:
+                    still.append(i)
+        if not still:
+            break
+        if len(still) < len(running):  # finished rows and full ones leave the batch
+            keep = torch.tensor(still, dtype=torch.long, device=device)
+            running, tokens, length = [running[i] for i in still], tokens[keep], length[keep]
+            cache.select(keep)
+            draft_cache.select(keep)
+    if parked:  # all block_size + 1 long, each its own window: sample_rows takes them as copies of a prompt
+        rows = [row for row, _ in parked]
+        plain = sample_rows(model, torch.stack([ids for _, ids in parked]), len(rows),
+                            max_new_tokens - len(new_ids[rows[0]]), temperature, top_k, top_p,
+                            generators and [generators[row] for row in rows],
+                            is_finished and (lambda i, _: is_finished(rows[i], new_ids[rows[i]])), use_cache=False)
+        for i, token in plain:
+            new_ids[rows[i]].append(token)
+            yield rows[i], token
 
 
 def find_stop(text, stops):

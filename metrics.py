@@ -1,10 +1,5 @@
-"""
-A run's metrics: what train.py writes as it goes (RunLog) and plot.py reads back (read_metrics).
-
-out_dir/metrics.jsonl holds one JSON object a line: a log line's loss, lr, gradient norm, ms/iter, tokens/s
-and MFU, or an evaluation's train and val losses (and val_bpb, val_acc, bleu where they apply), each with
-its iteration and wall time. A resumed run appends to it; a new run starts it anew. wandb gets the same.
-"""
+"""A run's metrics, out_dir/metrics.jsonl: what train.py writes as it goes (RunLog), one JSON object a line (a
+log line's loss, lr, gradient norm, speed, MFU; an evaluation's losses), and plot.py reads back (read_metrics)."""
 
 import json
 import os

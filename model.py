@@ -245,9 +245,20 @@ def causal_attention(T, cache, device):
     training), each reading itself and every position before it. With nothing cached that is the fused
     kernel's own causal mask; a single new token reads everything cached, unmasked."""
     past = 0 if cache is None else cache.reserve(T)
+    if torch.is_tensor(past):
+        return ragged_causal_attention(past, T, cache.pos, device)
     if past == 0:
         return slice(0, T), T, None, True
     return slice(past, past + T), past + T, causal_mask(T, past, device) if T > 1 else None, False
+
+
+def ragged_causal_attention(past, T, end, device):
+    """causal_attention for rows that hold different numbers of positions, past (B,) (speculative decoding: each
+    row keeps the draft tokens it accepted): row r's new tokens take positions past[r] .. past[r] + T - 1 (position
+    ids) and each reads its row's first past[r] positions and the new ones up to itself, nothing of the cache past
+    them (a rejected draft's leftovers). end: the longest row's length, the keys' count."""
+    at = past[:, None] + torch.arange(T, device=device)
+    return at, end, (torch.arange(end, device=device) <= at[:, :, None])[:, None], False
 
 
 def padding_mask(tokens, pad_id):
@@ -592,15 +603,15 @@ class GPT(TransformerModel):
     def flops_per_token(self):
         return 6 * self.get_num_params() + self.attention_flops_per_token(self.config.block_size)
 
-    def forward(self, idx, targets=None, cache=None):
+    def forward(self, idx, targets=None, cache=None, all_logits=False):
         """idx: (B, T) token ids. targets: (B, T) the next ids (idx shifted by one; -1 = ignore):
         teacher forcing, every position predicts its next token at once. With no targets only the
-        last position's logits are computed (all that sampling needs)."""
+        last position's logits are computed (all that sampling needs; all_logits: every position's, to verify a draft)."""
         at, end, mask, is_causal = causal_attention(idx.size(1), cache, idx.device)
         t = self.transformer
         x = self.run_stack(idx, t.wte, t.wpe, t.h, t.ln_f, at, end, mask=mask, is_causal=is_causal, cache=cache)
         if targets is None:
-            return self.lm_head(x[:, [-1], :]), None
+            return self.lm_head(x if all_logits else x[:, [-1], :]), None
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss

@@ -1,10 +1,4 @@
-"""
-Stepping the optimizers safely, and without waiting for the device:
-
-    NonFiniteSteps        a step whose loss or gradients are NaN or inf is skipped, on the device; a run stops
-                          after max_skipped_steps of them in a row
-    restore_optimizers    optimizer state from a checkpoint, on this device's fused kernels (keep_fused)
-"""
+"""Stepping the optimizers without waiting for the device (NonFiniteSteps), and restoring their state."""
 
 import torch
 import torch.distributed as dist

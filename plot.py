@@ -1,13 +1,6 @@
-"""
-Plot the loss curves of one or more training runs into one PNG:
-
-    python plot.py out-shakespeare-char
-    python plot.py out-a out-b --output=compare.png
-
-Each run's out_dir/metrics.jsonl (written by train.py) gives the curves: train and val loss
-against iterations (left) and against wall time (right). The faint line is the training loss
-of each logged batch; the markers are the evaluations' train and val losses.
-"""
+"""Plot the loss curves of training runs into one PNG: python plot.py out-a [out-b ...] [--output=compare.png]
+Each run's metrics.jsonl (train.py's) gives its train and val loss against iterations (left) and wall time (right):
+a faint line for each logged batch's training loss, markers for the evaluations' train and val losses."""
 
 import argparse
 import os

@@ -1,11 +1,8 @@
-"""
-Sample from a trained model, from GPT-2's weights, translate with an encoder-decoder, or ask an
+"""Sample from a trained model, from GPT-2's weights, translate with an encoder-decoder, or ask an
 encoder to fill [MASK]s or label sentences:
 
     python sample.py                                         # from what `python train.py` trained
     python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --num_samples=3
-    python sample.py --out_dir=out-shakespeare-char --start=FILE:prompt.txt
-    python sample.py --out_dir=out-multi30k --start="Zwei Hunde spielen im Schnee."
     python sample.py --out_dir=out-multi30k --start=FILE:data/multi30k/test.de.txt --reference=data/multi30k/test.en.txt
     python sample.py --out_dir=out-mlm-reviews-cpu --start="this movie is [MASK] ."
     python sample.py --out_dir=out-sst2-cpu --start=FILE:data/sst2_phrases/val.txt --reference=data/sst2_phrases/val.labels.txt
@@ -43,6 +40,8 @@ device = 'auto'
 dtype = 'auto'  # 'float32' | 'bfloat16' | 'float16' | 'auto' (bf16 where the GPU or CPU computes in it)
 compile = False
 batch_size = 64  # rows generated at once: samples of a GPT, sentences to translate
+draft = ''  # out_dir of a smaller GPT with the same tokenizer: speculative decoding (greedy: the same tokens; sampling: the same distribution)
+draft_tokens = 4  # tokens the draft proposes for each pass of the model
 # seq2seq (translation)
 beam_size = 4
 length_penalty = 0.6
@@ -57,14 +56,13 @@ SEPARATOR = '---------------'
 def read_prompt(text):
     if not text.startswith('FILE:'):
         return text
-    path = text[len('FILE:'):]
+    return read_text(text[len('FILE:'):], 'prompt file', " (start=FILE:path reads the prompt from a file)")
+
+
+def read_text(path, what, hint=''):
+    """A text file's contents, or a one-line error when it is missing or not UTF-8."""
     if not os.path.isfile(path):
-        raise UserError(f"prompt file {path} not found (start=FILE:path reads the prompt from a file)")
-    return read_text(path, 'prompt file')
-
-
-def read_text(path, what):
-    """A text file's contents, or a one-line error when it is not UTF-8."""
+        raise UserError(f"{what} {path} not found{hint}")
     try:
         with open(path, encoding='utf-8') as f:
             return f.read()
@@ -97,9 +95,8 @@ def load_model(cfg):
 
 
 def stop_rules(stop, tokenizer):
-    """(end-of-text token id or None, stop strings) for the `stop` setting. None: the tokenizer's
-    end-of-text token only; a string or a list of strings: those too ("\\n" and the like are escapes);
-    '' or 'none': never stop early, as nanoGPT."""
+    """(end-of-text token id or None, stop strings) for `stop`. None: the tokenizer's end-of-text token only; a string
+    or a list of strings: those too ("\\n" and the like are escapes); '' or 'none': never stop early, as nanoGPT."""
     if stop in ('', 'none'):
         return None, []
     strings = [] if stop is None else [stop] if isinstance(stop, str) else stop
@@ -130,11 +127,10 @@ class Sample:
 
     def add(self, token):
         """Take the next token; an end-of-text token or a completed stop string finishes the sample."""
-        if token == self.end_token:
-            self.finished = True
-            return
-        self.ids.append(token)
-        self.finished = bool(self.stops) and generate.find_stop(self.tokenizer.decode(self.ids), self.stops) >= 0
+        self.finished = token == self.end_token
+        if not self.finished:
+            self.ids.append(token)
+            self.finished = bool(self.stops) and generate.find_stop(self.tokenizer.decode(self.ids), self.stops) >= 0
 
     def text(self):
         """The text so far, cut before a stop string."""
@@ -153,7 +149,7 @@ class Sample:
         return text[:len(text) - held]
 
 
-def print_samples(cfg, model, tokenizer, idx, first, count, end_token, stops, run_device):
+def print_samples(cfg, model, tokenizer, idx, first, count, end_token, stops, run_device, draft=None):
     """Samples first..first+count-1 of one prompt, generated as one batch. The batch's first sample
     is printed as it grows; the others, whole, when the batch is done."""
     samples = [Sample(tokenizer, end_token, stops) for _ in range(count)]
@@ -161,22 +157,22 @@ def print_samples(cfg, model, tokenizer, idx, first, count, end_token, stops, ru
     if cfg.temperature > 0:  # sample i draws from its own seeded generator: the same text whatever the batch
         generators = [torch.Generator(run_device).manual_seed(cfg.seed + first + i) for i in range(count)]
     shown = ''
-    rows = generate.sample_rows(model, idx, count, cfg.max_new_tokens, cfg.temperature, cfg.top_k or None, cfg.top_p,
-                                generators, is_finished=lambda row, ids: samples[row].finished)
+    args = (idx, count, cfg.max_new_tokens, cfg.temperature, cfg.top_k or None, cfg.top_p, generators,
+            lambda row, ids: samples[row].finished)
+    rows = generate.sample_rows(model, *args) if draft is None else \
+        generate.speculative_rows(model, draft, *args, cfg.draft_tokens)
     for row, token in rows:
         samples[row].add(token)
         if row == 0:
             text = samples[0].printable()
             print(text[len(shown):], end='', flush=True)
             shown = text
-    print(samples[0].text()[len(shown):])
-    print(SEPARATOR)
+    print(samples[0].text()[len(shown):], SEPARATOR, sep='\n')
     for sample in samples[1:]:
-        print(sample.text())
-        print(SEPARATOR)
+        print(sample.text(), SEPARATOR, sep='\n')
 
 
-def generate_text(cfg, model, tokenizer, prompt, run_device):
+def generate_text(cfg, model, tokenizer, prompt, run_device, draft=None):
     ids = tokenizer.encode(prompt)
     if not ids:
         raise UserError("the prompt encodes to no tokens: give --start some text (the default is a newline)")
@@ -189,7 +185,7 @@ def generate_text(cfg, model, tokenizer, prompt, run_device):
     end_token, stops = stop_rules(cfg.stop, tokenizer)
     for first in range(0, cfg.num_samples, cfg.batch_size):
         count = min(cfg.batch_size, cfg.num_samples - first)
-        print_samples(cfg, model, tokenizer, idx, first, count, end_token, stops, run_device)
+        print_samples(cfg, model, tokenizer, idx, first, count, end_token, stops, run_device, draft)
 
 
 # ---------------------------------------------------------------------------
@@ -205,22 +201,17 @@ def translate_text(cfg, model, tokenizer, source, run_device, summary):
                                           cfg.batch_size)
     except ValueError as e:
         raise UserError(str(e)) from None
-    for line in translations:
-        print(line)
+    print(*translations, sep='\n')  # one line per sentence (there is at least one)
     if references is not None:
         report_bleu(cfg, translations, references, summary, time.time() - t0)
 
 
 def report_bleu(cfg, translations, references, summary, seconds):
     bleu = generate.bleu_score(translations, references)
-    print(f"{bleu} | {summary} | translated in {seconds:.1f} s (beam {cfg.beam_size})",
-          file=sys.stderr)
+    print(f"{bleu} | {summary} | translated in {seconds:.1f} s (beam {cfg.beam_size})", file=sys.stderr)
 
 
 def read_reference(cfg, count, what):
-    """The lines of the reference file, one per input line."""
-    if not os.path.isfile(cfg.reference):
-        raise UserError(f"reference file {cfg.reference} not found")
     references = read_text(cfg.reference, 'reference file').splitlines()
     if len(references) != count:
         raise UserError(f"{cfg.reference} has {len(references)} lines but {count} {what}")
@@ -233,9 +224,38 @@ def trained_summary(model, checkpoint):
             f"{checkpoint['iter_num'] if checkpoint else 0} iterations")
 
 
+def load_draft(cfg, model, tokenizer):
+    """The draft model of --draft, or a one-line error when it cannot draft for `model`: speculative decoding
+    needs a GPT that reads the same token ids as the model (same tokenizer, same vocabulary) and as many."""
+    what = f"--draft={cfg.draft}"
+    if not isinstance(model, GPT):
+        raise UserError(f"{what}: speculative decoding is for a GPT's sampling, and this model is not a GPT")
+    checkpoint = load_checkpoint(cfg.draft)
+    if checkpoint.get('model_type', 'gpt') != 'gpt':
+        raise UserError(f"{what} holds model_type={checkpoint['model_type']!r}: a draft must be a GPT")
+    draft = model_from_checkpoint(checkpoint)
+    if tokenizer_state(checkpoint) != tokenizer.state() or draft.config.vocab_size != model.config.vocab_size:
+        raise UserError(f"{what} was trained with another tokenizer or vocabulary than the model: its tokens would "
+                        f"not be the model's")
+    if draft.config.block_size < model.config.block_size:
+        raise UserError(f"{what} reads {draft.config.block_size} tokens, fewer than the model's "
+                        f"{model.config.block_size}: a draft must read as many")
+    return draft
+
+
+def ready_to_sample(cfg, model, run_device, device_type, run_dtype):
+    """The model in the sampling dtype on the device, with the speed-ups that give its own numbers. Returns it."""
+    # inference needs no float32 master weights: half-size weights are read twice as fast
+    speed_up(model.eval().to(run_device, getattr(torch, run_dtype)), device_type, run_dtype)
+    if cfg.compile:
+        compile_generation_step(model)
+    else:
+        one_token_steps(pack_for_inference(model, device_type, run_dtype))
+    return model
+
+
 def compile_generation_step(model):
-    """torch.compile what generation calls at every step (device.generation_step). The cache grows, so
-    shapes are dynamic."""
+    """torch.compile the step generation calls (device.generation_step), with dynamic shapes: the cache grows."""
     name = generation_step(model)
     setattr(model, name, torch.compile(getattr(model, name), dynamic=True))
 
@@ -269,8 +289,7 @@ def label_text(cfg, model, tokenizer, text, run_device, checkpoint, summary):
             raise UserError(f"{where} is empty: a classifier labels one sentence per line")
     names = checkpoint.get('label_names') or [str(i) for i in range(model.config.n_classes)]
     references = read_reference(cfg, len(sentences), "sentences are to be labelled") if cfg.reference else None
-    unknown = sorted(set(references or ()) - set(names))
-    if unknown:
+    if unknown := sorted(set(references or ()) - set(names)):
         raise UserError(f"{cfg.reference} has labels the model does not know: {', '.join(map(repr, unknown[:5]))} "
                         f"(its labels: {', '.join(names)})")
     t0 = time.time()
@@ -293,11 +312,12 @@ def validate(cfg):
     if cfg.beam_size < 1 or cfg.batch_size < 1 or cfg.fills < 1:
         raise UserError(f"beam_size, batch_size and fills must be at least 1, got {cfg.beam_size}, {cfg.batch_size} "
                         f"and {cfg.fills}")
+    if cfg.draft_tokens < 1:
+        raise UserError(f"draft_tokens must be at least 1, got {cfg.draft_tokens}")
 
 
 def main(argv=None):
-    config, _ = configure(DEFAULTS, argv, sources=[__file__])
-    cfg = SimpleNamespace(**config)
+    cfg = SimpleNamespace(**configure(DEFAULTS, argv, sources=[__file__])[0])
     validate(cfg)
     run_device = resolve_device(cfg.device)
     device_type = torch.device(run_device).type
@@ -305,15 +325,12 @@ def main(argv=None):
     torch.manual_seed(cfg.seed)
     model, tokenizer, checkpoint = load_model(cfg)
     summary = trained_summary(model, checkpoint)  # counted before packing: a packed layer holds no weight parameter
-    # inference needs no float32 master weights: half-size weights are read twice as fast
-    speed_up(model.eval().to(run_device, getattr(torch, run_dtype)), device_type, run_dtype)
-    if cfg.compile:
-        compile_generation_step(model)
-    else:
-        one_token_steps(pack_for_inference(model, device_type, run_dtype))
+    draft = load_draft(cfg, model, tokenizer) if cfg.draft else None
+    for net in (model, draft) if draft else (model,):
+        ready_to_sample(cfg, net, run_device, device_type, run_dtype)
     prompt = read_prompt(cfg.start)
     if isinstance(model, GPT):
-        generate_text(cfg, model, tokenizer, prompt, run_device)
+        generate_text(cfg, model, tokenizer, prompt, run_device, draft)
     elif isinstance(model, Encoder) and model.config.n_classes:
         label_text(cfg, model, tokenizer, prompt, run_device, checkpoint, summary)
     elif isinstance(model, Encoder):

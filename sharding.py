@@ -1,13 +1,5 @@
-"""
-FSDP2 (train.py's fsdp=True): parameters, gradients and optimizer state sharded over the ranks.
-Their sharded checkpoints (torch.distributed.checkpoint directories) are written and read by
-checkpoint.py, with the single-file ones.
-
-    shard_model(model, ...)              each Block, then the root, wrapped with fully_shard on a 1-D mesh
-    clip_grad_norm(params, max_norm)     the global norm over all shards, as a plain tensor
-    local_bytes(model, optimizers)       this rank's bytes of parameters, gradients and optimizer state
-"""
-
+"""FSDP2 (train.py's fsdp=True): parameters, gradients and optimizer state sharded over the ranks. Their
+sharded checkpoints (torch.distributed.checkpoint directories) are written and read by checkpoint.py."""
 
 import torch
 import torch.distributed as dist
@@ -15,11 +7,11 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
+
 def shard_model(model, device_type, dtype, compile=False, log=print):
-    """Shard `model` in place over all ranks: each transformer Block is one FSDP unit (its
-    parameters gathered just before it runs and freed after), the rest (embeddings, final norm,
-    head) the root's. On GPUs with bfloat16, parameters are cast to bf16 for compute and gradients
-    reduced in float32. compile: torch.compile each block (before sharding, as torchtitan does)."""
+    """Shard `model` in place over all ranks: each transformer Block one FSDP unit (its parameters gathered just before
+    it runs, freed after), the rest (embeddings, final norm, head) the root's. On GPUs with bf16: compute in bf16,
+    gradients reduced in float32. compile: torch.compile each block (before sharding, as torchtitan does)."""
     from model import Block
     mesh = init_device_mesh(device_type, (dist.get_world_size(),))
     policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -34,8 +26,7 @@ def shard_model(model, device_type, dtype, compile=False, log=print):
 
 
 def clip_grad_norm(parameters, max_norm):
-    """clip_grad_norm_ over DTensor gradients computes the norm over all shards (one all-reduce);
-    returned as a plain tensor, the same on every rank."""
+    """The gradients' norm over all shards (clip_grad_norm_ on DTensors: one all-reduce), as a plain tensor."""
     norm = torch.nn.utils.clip_grad_norm_(list(parameters), max_norm)
     return norm.full_tensor() if isinstance(norm, DTensor) else norm
 

@@ -1,20 +1,19 @@
-"""Turning text into token ids and back.
-
-Four tokenizers share one small interface:
-
-    vocab_size       number of distinct token ids
-    encode(text)     -> list[int]
-    decode(ids)      -> str
-    state()          -> dict of plain Python types (str, int, list, dict)
-
-`state()` holds only plain types so that a checkpoint can carry its tokenizer
-and still be loaded with torch.load(weights_only=True); `tokenizer_from_state`
-turns such a dict back into a tokenizer.
-"""
+"""Turning text into token ids and back. Four tokenizers share one small interface: vocab_size, encode(text) ->
+list[int], decode(ids) -> str, and state() -> a dict of plain Python types (str, int, list, dict), so that a checkpoint
+can carry its tokenizer and still be loaded with torch.load(weights_only=True); tokenizer_from_state reverses it."""
+import importlib
 import os
 import pickle
 
 from errors import UserError
+
+
+def import_package(name):
+    """The package `name`, imported where it is first needed, so that only the users of that feature need it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise UserError(f'the {name} package is missing: pip install {name}') from None
 
 
 def _as_ints(ids):
@@ -60,11 +59,7 @@ class TiktokenTokenizer:
 
     def __init__(self, name='gpt2'):
         try:
-            import tiktoken  # imported here so char-level users do not need it
-        except ImportError:
-            raise UserError('the tiktoken package is missing: pip install tiktoken') from None
-        try:
-            self._encoding = tiktoken.get_encoding(name)
+            self._encoding = import_package('tiktoken').get_encoding(name)
         except (ValueError, OSError) as e:  # unknown name, or no network and no TIKTOKEN_CACHE_DIR
             raise UserError(f'cannot load the tiktoken encoding {name!r}: {e}') from None
         self.name = name
@@ -86,14 +81,6 @@ class TiktokenTokenizer:
         return {'kind': 'tiktoken', 'name': self.name}
 
 
-def _import_tokenizers():
-    try:
-        import tokenizers  # imported here so users of the other tokenizers do not need it
-    except ImportError:
-        raise UserError('the tokenizers package is missing: pip install tokenizers') from None
-    return tokenizers
-
-
 class SubwordTokenizer:
     """A BPE vocabulary trained with Hugging Face `tokenizers`, kept as its JSON string."""
 
@@ -103,7 +90,7 @@ class SubwordTokenizer:
     LSTRIP_TOKENS = ()  # special tokens that take the space before them
 
     def __init__(self, tokenizer_json):
-        tokenizers = _import_tokenizers()
+        tokenizers = import_package('tokenizers')
         self.tokenizer_json = tokenizer_json
         self._tokenizer = tokenizers.Tokenizer.from_str(tokenizer_json)
         self.vocab_size = self._tokenizer.get_vocab_size()
@@ -112,13 +99,9 @@ class SubwordTokenizer:
 
     @classmethod
     def train(cls, lines, vocab_size, show_progress=False):
-        """Learn a BPE vocabulary of at most `vocab_size` tokens from an iterable of sentences.
-
-        The text is normalised first (normalizer_steps), and the same steps, saved in the
-        vocabulary's JSON, apply to every text encoded later. The Metaspace pre-tokenizer marks
-        each space as '▁', so the decoder can restore the spacing and decode returns clean text.
-        """
-        tokenizers = _import_tokenizers()
+        """Learn a BPE vocabulary of at most `vocab_size` tokens from an iterable of sentences. Its normalizer_steps,
+        saved in its JSON, apply to every text encoded later; Metaspace marks spaces as '▁' for decode to restore."""
+        tokenizers = import_package('tokenizers')
         unk = cls.SPECIAL_TOKENS[cls.SPECIAL_NAMES.index('unk')]
         tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token=unk))
         tokenizer.normalizer = tokenizers.normalizers.Sequence(cls.normalizer_steps(tokenizers))
@@ -133,8 +116,7 @@ class SubwordTokenizer:
 
     @classmethod
     def normalizer_steps(cls, tokenizers):
-        """NFKC folds look-alike characters (e.g. a no-break space becomes a space); case is kept
-        (BLEU is case-sensitive)."""
+        """NFKC folds look-alike characters (a no-break space becomes a space); case is kept (BLEU is case-sensitive)."""
         return [tokenizers.normalizers.NFKC()]
 
     def special_ids(self):
@@ -165,10 +147,9 @@ class SubwordTokenizer:
 
 
 class MaskedLMTokenizer(SubwordTokenizer):
-    """The encoder's vocabulary: lowercase BPE with BERT's special tokens. [CLS] opens every
-    sequence (its vector is the sentence's, for classification), [SEP] ends each sentence,
-    [MASK] hides the tokens the model must guess. Written in a text, '[MASK]' (in capitals)
-    encodes to the [MASK] token."""
+    """The encoder's vocabulary: lowercase BPE with BERT's special tokens. [CLS] opens every sequence (its vector is
+    the sentence's, for classification), [SEP] ends each sentence, [MASK] hides the tokens the model must guess;
+    '[MASK]' written in a text (in capitals) encodes to it."""
 
     KIND = 'masked_lm'
     SPECIAL_TOKENS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')  # ids 0..4 in a trained vocabulary
@@ -206,17 +187,12 @@ def tokenizer_from_state(state):
 
 
 def tokenizer_from_meta(meta):
-    """The tokenizer described by a meta.pkl dict.
-
-    Our prepare scripts store the tokenizer's state under 'tokenizer'; the
-    meta.pkl of the original nanoGPT only has 'stoi' and 'itos' (a char
-    tokenizer), so we accept that as well.
-    """
+    """The tokenizer described by a meta.pkl dict: ours store its state under 'tokenizer'; the original nanoGPT's
+    has only 'stoi' and 'itos' (a char tokenizer)."""
     if 'tokenizer' in meta:
         return tokenizer_from_state(meta['tokenizer'])
     if 'itos' in meta:
-        itos = meta['itos']
-        return CharTokenizer([itos[i] for i in range(len(itos))])
+        return CharTokenizer([meta['itos'][i] for i in range(len(meta['itos']))])
     raise UserError("meta.pkl describes no tokenizer (it has neither a 'tokenizer' nor an 'itos' entry)")
 
 

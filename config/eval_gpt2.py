@@ -1,5 +1,4 @@
-# Validation loss of the released gpt2 (n_layer=12, n_head=12, n_embd=768: 124M parameters) on OpenWebText:
-#   python train.py config/eval_gpt2.py
+# Validation loss of the released gpt2 (n_layer=12, n_head=12, n_embd=768: 124M parameters) on OpenWebText
 out_dir = 'out-eval-gpt2'
 dataset = 'openwebtext'
 init_from = 'gpt2'

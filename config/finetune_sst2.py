@@ -1,7 +1,4 @@
-# GPU version of config/finetune_sst2_cpu.py: fine-tunes config/mlm_reviews.py's encoder on SST-2
-# (GLUE's phrase-level train, dev = SST-2's 872 sentences), bf16, compiled, 3,000 steps (~1.5 minutes
-# of an H200). Measured 2026-11-27 after 4,000 of the pretraining's 6,000 steps: 84.29-84.98% (docs/experiments.md).
-#   python train.py config/finetune_sst2.py
+# GPU version of config/finetune_sst2_cpu.py: fine-tunes config/mlm_reviews.py's encoder on SST-2, bf16, compiled
 out_dir = 'out-sst2'
 init_from = 'out-mlm-reviews'  # the architecture comes from its checkpoint
 dataset = 'sst2_phrases'  # prepared on first use

@@ -1,6 +1,4 @@
-# GPU version of config/mlm_reviews_cpu.py: a bigger encoder (6 layers, 384 wide), bf16, compiled,
-# masked-LM pretraining on the movie reviews for 6,000 steps (~3 minutes of an H200 with the batched
-# masking; 2026-11-27, docs/experiments.md: val loss 3.55 at step 4,000 and still falling); then config/finetune_sst2.py.
+# GPU version of config/mlm_reviews_cpu.py: a bigger encoder (6 layers, 384 wide), bf16, compiled, 6,000 steps:
 #   python train.py config/mlm_reviews.py && python train.py config/finetune_sst2.py
 out_dir = 'out-mlm-reviews'
 dataset = 'movie_reviews'  # prepared on first use

@@ -1,13 +1,6 @@
-# Masked-language-model pretraining of a small encoder (BERT-style) on the 2,000 movie reviews
-# (prepare/mlm_corpus.py, 1.7M tokens; SST-2's dev sentences left out), for 45 minutes of a 2-core CPU;
-# then config/finetune_sst2_cpu.py (15 minutes).
-#   python train.py config/mlm_reviews_cpu.py && python train.py config/finetune_sst2_cpu.py
-# The choices: a small model (many tokens seen), 30% masking (more to learn from each sequence),
-# sentences packed into full rows (no padding), and the modern parts with Muon: in 150 s proxies the
-# classic architecture (learned positions, LayerNorm, GELU, biases) with AdamW stayed on the unigram
-# plateau (val loss 6.80; 6.40 after 17 minutes), with Muon reached 6.45, and the modern parts with
-# Muon 5.70 (21% of masked tokens right). export.py converts the classic architecture only: for an
-# exportable model pass --pos_emb=learned --norm=layernorm --mlp=gelu --qk_norm=False --bias=True.
+# Masked-LM pretraining of a small encoder (BERT-style) on the 2,000 movie reviews (SST-2's dev sentences left out)
+# for 45 minutes of a 2-core CPU, then config/finetune_sst2_cpu.py (15 minutes); why these values: docs/experiments.md.
+# export.py converts the classic architecture: --pos_emb=learned --norm=layernorm --mlp=gelu --qk_norm=False --bias=True
 out_dir = 'out-mlm-reviews-cpu'
 dataset = 'movie_reviews'  # prepared on first use
 model_type = 'encoder'

@@ -1,18 +1,8 @@
-# German -> English translation of Multi30k on one GPU: the model, optimizer and schedule of
-# config/train_multi30k_cpu.py (test_2016_flickr sacreBLEU 39.95 after 7,127 steps on a CPU), run for
-# a fixed number of steps instead of a fixed time. NOT YET RUN ON A GPU (none was available when it
-# was written): on a GPU the attention runs in bf16 rather than float32, so expect small differences.
-#
-#     python train.py config/train_multi30k.py
-#     python sample.py --out_dir=out-multi30k --start=FILE:data/multi30k/test.de.txt --reference=data/multi30k/test.en.txt
-#
-# The CPU run was still improving slowly when its hour ran out (val loss 1.66 -> 1.62 over the last
-# 1,100 steps) while the train loss (0.90) had left the val loss behind: more steps of the same
-# model buy little, which is why this recipe does not simply train longer or wider.
+# Multi30k German -> English on one GPU: config/train_multi30k_cpu.py's model, optimizer and schedule, for a fixed
+# number of steps instead of a fixed time. Not yet run on a GPU (where attention runs in bf16, not float32).
+#   python sample.py --out_dir=out-multi30k --start=FILE:data/multi30k/test.de.txt --reference=data/multi30k/test.en.txt
 import os
-
 exec(open(os.path.join(os.path.dirname(__file__), 'train_multi30k_cpu.py')).read())  # the CPU recipe, then:
-
 out_dir = 'out-multi30k'
 device = 'auto'  # the GPU
 dtype = 'bfloat16'

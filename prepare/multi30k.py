@@ -1,17 +1,10 @@
 """Multi30k (task 1): German-English image captions, for translation.
 
-Trains one BPE vocabulary shared by both languages on the training sentences,
-then writes, for each split (train, val, test = test_2016_flickr) and language
-(de, en):
-    {split}.{lang}.bin   the ids of all sentences, concatenated (no <bos>/<eos>), uint16
-    {split}.{lang}.idx   int64 offsets, one more than there are sentences:
-                         sentence i is ids[idx[i]:idx[i+1]]
-    {split}.{lang}.txt   the raw sentences, one per line (references for BLEU)
-and meta.pkl with the tokenizer and its special ids.
-
-    python prepare/multi30k.py [--input FOLDER] [--vocab_size 8000] [--out_dir data/multi30k]
-
-FOLDER holds train.de.gz, train.en.gz, val.de.gz, ... (or the same files uncompressed).
+Trains one BPE vocabulary shared by both languages on the training sentences, then writes, for each split (train,
+val, test = test_2016_flickr) and language (de, en), {split}.{lang}.bin (the ids of all sentences, no <bos>/<eos>),
+.idx (int64 offsets: sentence i is ids[idx[i]:idx[i+1]]) and .txt (the raw sentences, references for BLEU), and
+meta.pkl with the tokenizer and its special ids. --input: a folder of train.de.gz, train.en.gz, val.de.gz, ... (or the
+same files uncompressed).
 """
 import sys
 from pathlib import Path
@@ -44,10 +37,7 @@ def read_corpus(out_dir, input_dir=None):
 
 
 def prepare(out_dir=None, input_path=None, vocab_size=8000):
-    """Write the token, offset and text files and meta.pkl into `out_dir` and return that folder.
-
-    `input_path` is a folder holding the raw files (None: download, or use the offline mirror).
-    """
+    """Write the files described above into `out_dir` and return that folder; `input_path`: a folder of raw files."""
     n_special = len(SubwordTokenizer.SPECIAL_TOKENS)
     if not n_special < vocab_size <= MAX_VOCAB_SIZE:
         raise UserError(f'--vocab_size must be between {n_special + 1} and {MAX_VOCAB_SIZE}, not {vocab_size}')
@@ -59,8 +49,7 @@ def prepare(out_dir=None, input_path=None, vocab_size=8000):
     train = corpus['train']
     tokenizer = SubwordTokenizer.train(train[SRC_LANG] + train[TGT_LANG], vocab_size, show_progress=True)
     print(f'vocab size: {tokenizer.vocab_size:,}')
-    meta = tokenizer_meta(tokenizer, pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
-                          unk_id=tokenizer.unk_id, src_lang=SRC_LANG, tgt_lang=TGT_LANG)
+    meta = tokenizer_meta(tokenizer, **tokenizer.special_ids(), src_lang=SRC_LANG, tgt_lang=TGT_LANG)
     with staged_outputs(out_dir) as out:
         for split, sentences_by_lang in corpus.items():
             for lang, sentences in sentences_by_lang.items():
@@ -74,8 +63,7 @@ def main(argv=None):
     parser = make_arg_parser(NAME, __doc__.splitlines()[0])
     parser.add_argument('--vocab_size', type=int, default=8000,
                         help=f'size of the joint BPE vocabulary, at most {MAX_VOCAB_SIZE} (default: %(default)s)')
-    args = parser.parse_args(argv)
-    prepare(out_dir=args.out_dir, input_path=args.input, vocab_size=args.vocab_size)
+    prepare(**vars(parser.parse_args(argv)))
 
 
 if __name__ == '__main__':

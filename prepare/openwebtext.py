@@ -1,8 +1,7 @@
 """OpenWebText, or any local text corpus, with the GPT-2 BPE tokenizer (as in nanoGPT).
 
-Each document is encoded with tiktoken 'gpt2' and followed by <|endoftext|>
-(id 50256). A random --val_fraction of the documents goes to val.bin, the rest
-to train.bin; each file is one flat array of uint16 token ids.
+Each document is encoded with tiktoken 'gpt2' and followed by <|endoftext|> (id 50256). A random --val_fraction of the
+documents goes to val.bin, the rest to train.bin; each file is one flat array of uint16 token ids.
 
     python prepare/openwebtext.py [--num_proc 8]     # OpenWebText from the Hugging Face Hub (about 54 GB)
     python prepare/openwebtext.py --input corpus/    # local .txt/.json/.jsonl/.parquet files
@@ -20,21 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python prepa
 from configurator import run_cli
 from errors import UserError
 from prepare import default_out_dir, make_arg_parser, staged_outputs, tokenizer_meta
-from tokenizer import TiktokenTokenizer
+from tokenizer import TiktokenTokenizer, import_package
 
 NAME = 'openwebtext'
 HUB_DATASET = 'openwebtext'
 # the `datasets` builder that reads each kind of local file
 BUILDERS = {'.txt': 'text', '.json': 'json', '.jsonl': 'json', '.parquet': 'parquet'}
 MAX_SHARDS = 1024  # the corpus is written in this many pieces, to show progress and bound memory
-
-
-def import_datasets():
-    try:
-        import datasets  # imported here: only this script needs the package
-    except ImportError:
-        raise UserError('the datasets package is missing: pip install datasets') from None
-    return datasets
 
 
 def corpus_files(input_path):
@@ -61,7 +52,7 @@ def builder_for(files):
 
 def load_corpus(input_path, text_column, num_proc, cache_dir):
     """The corpus as a `datasets.Dataset` with one document per row."""
-    datasets = import_datasets()
+    datasets = import_package('datasets')
     if input_path is None:
         try:
             corpus = datasets.load_dataset(HUB_DATASET, num_proc=num_proc, cache_dir=cache_dir)
@@ -121,20 +112,14 @@ def write_tokens(documents, out, name, dtype):
 
 def prepare(out_dir=None, input_path=None, text_column='text', num_proc=None, val_fraction=0.0005,
             seed=2357, cache_dir=None):
-    """Write train.bin, val.bin and meta.pkl into `out_dir` and return that folder.
-
-    `input_path` is a local file or folder (None: OpenWebText from the Hub);
-    `cache_dir` is where `datasets` keeps its downloads and intermediate files
-    (None: its default, ~/.cache/huggingface/datasets).
-    """
+    """Write train.bin, val.bin and meta.pkl into `out_dir` and return that folder. `input_path`: a local file or
+    folder (None: OpenWebText from the Hub); `cache_dir`: where `datasets` keeps its files (None: its default)."""
     if not 0 < val_fraction < 1:
         raise UserError(f'--val_fraction must be between 0 and 1, not {val_fraction}')
     out_dir = Path(out_dir or default_out_dir(NAME))
     num_proc = num_proc or min(8, os.cpu_count() or 1)
-    tokenizer = gpt2_tokenizer()
-    documents = load_corpus(input_path, text_column, num_proc, cache_dir)
-    splits = split_documents(documents, val_fraction, seed)
-    meta = tokenizer_meta(tokenizer)
+    meta = tokenizer_meta(gpt2_tokenizer())
+    splits = split_documents(load_corpus(input_path, text_column, num_proc, cache_dir), val_fraction, seed)
     with staged_outputs(out_dir) as out:
         for split, docs in splits.items():
             tokenized = docs.map(tokenize_documents, fn_kwargs={'text_column': text_column}, batched=True,
@@ -155,9 +140,7 @@ def main(argv=None):
                         help='share of documents for validation (default: %(default)s)')
     parser.add_argument('--seed', type=int, default=2357, help='seed of the train/val split (default: %(default)s)')
     parser.add_argument('--cache_dir', default=None, help='cache folder for Hugging Face datasets')
-    args = parser.parse_args(argv)
-    prepare(out_dir=args.out_dir, input_path=args.input, text_column=args.text_column, num_proc=args.num_proc,
-            val_fraction=args.val_fraction, seed=args.seed, cache_dir=args.cache_dir)
+    prepare(**vars(parser.parse_args(argv)))
 
 
 if __name__ == '__main__':

@@ -1,9 +1,6 @@
 """Tiny Shakespeare with the GPT-2 BPE tokenizer (tiktoken 'gpt2').
 
-Writes train.bin and val.bin (uint16 token ids; the first 90% of the text is
-for training, the rest for validation) and meta.pkl naming the tokenizer.
-
-    python prepare/shakespeare.py [--input input.txt] [--out_dir data/shakespeare]
+Writes train.bin and val.bin (uint16 ids: the first 90% of the text, the rest) and meta.pkl naming the tokenizer.
 """
 import sys
 from pathlib import Path
@@ -23,16 +20,12 @@ def prepare(out_dir=None, input_path=None):
     tokenizer = TiktokenTokenizer('gpt2')
     # split the text, not the tokens, so no token straddles the train/val boundary
     train_text, val_text = split_train_val(read_shakespeare(out_dir, input_path))
-    train_ids = tokenizer.encode_ordinary(train_text)
-    val_ids = tokenizer.encode_ordinary(val_text)
-    meta = tokenizer_meta(tokenizer)
-    write_train_val(out_dir, train_ids, val_ids, meta)
-    return out_dir
+    return write_train_val(out_dir, tokenizer.encode_ordinary(train_text), tokenizer.encode_ordinary(val_text),
+                           tokenizer_meta(tokenizer))
 
 
 def main(argv=None):
-    args = make_arg_parser(NAME, __doc__.splitlines()[0]).parse_args(argv)
-    prepare(out_dir=args.out_dir, input_path=args.input)
+    prepare(**vars(make_arg_parser(NAME, __doc__.splitlines()[0]).parse_args(argv)))
 
 
 if __name__ == '__main__':

@@ -1,9 +1,6 @@
 """Tiny Shakespeare as characters: one token per character.
 
-Writes train.bin and val.bin (uint16 token ids; the first 90% of the text is
-for training, the rest for validation) and meta.pkl with the vocabulary.
-
-    python prepare/shakespeare_char.py [--input input.txt] [--out_dir data/shakespeare_char]
+Writes train.bin and val.bin (uint16 ids: the first 90% of the text, the rest) and meta.pkl with the vocabulary.
 """
 import sys
 from pathlib import Path
@@ -23,16 +20,14 @@ def prepare(out_dir=None, input_path=None):
     text = read_shakespeare(out_dir, input_path)
     tokenizer = CharTokenizer.from_text(text)
     train_ids, val_ids = split_train_val(tokenizer.encode(text))
+    print(f'vocab size: {tokenizer.vocab_size}')
     # stoi and itos keep the file readable by the original nanoGPT
     meta = tokenizer_meta(tokenizer, stoi=dict(tokenizer.stoi), itos=dict(enumerate(tokenizer.chars)))
-    print(f'vocab size: {tokenizer.vocab_size}')
-    write_train_val(out_dir, train_ids, val_ids, meta)
-    return out_dir
+    return write_train_val(out_dir, train_ids, val_ids, meta)
 
 
 def main(argv=None):
-    args = make_arg_parser(NAME, __doc__.splitlines()[0]).parse_args(argv)
-    prepare(out_dir=args.out_dir, input_path=args.input)
+    prepare(**vars(make_arg_parser(NAME, __doc__.splitlines()[0]).parse_args(argv)))
 
 
 if __name__ == '__main__':

@@ -1,21 +1,11 @@
 """SST-2 (Stanford Sentiment Treebank, binary): sentence classification for the encoder.
 
-Reads the sentence-level train and dev splits (`sentence<TAB>label`, a header line; label 0 is
-negative, 1 positive) and writes, for split train and val (= SST-2's dev, GLUE's dev):
-    {split}.bin, {split}.idx   the sentences' ids and int64 offsets, as prepare/multi30k.py writes them
-    {split}.labels             int64, the class number of each sentence (an index into label_names)
-    {split}.txt                the sentences, one per line
-    {split}.labels.txt         their labels as written in the data, one per line
-and meta.pkl with the tokenizer, its special ids, label_names (['0', '1']) and n_classes.
-
-The tokenizer is the one of the pretraining corpus (--tokenizer_from, made by prepare/mlm_corpus.py),
-so that a model pretrained there reads SST-2 with the same ids. When that folder is not prepared,
-a vocabulary is learned from the SST-2 train sentences instead.
-
-    python prepare/sst2.py [--input FOLDER] [--phrases] [--tokenizer_from data/movie_reviews] [--out_dir data/sst2]
-
-FOLDER holds train.tsv and dev.tsv (and train_glue_phrases.tsv for --phrases), gzipped or not.
-Without it: a download where online, else the offline mirror.
+Reads the sentence-level train and dev splits (`sentence<TAB>label`, a header line; 0 negative, 1 positive) and
+writes for train and val (SST-2's dev) {split}.bin, .idx and .txt as prepare/multi30k.py does, {split}.labels (int64
+indices into label_names) and .labels.txt (as written), and meta.pkl with the tokenizer, label_names and n_classes.
+The tokenizer is the pretraining corpus's (--tokenizer_from, by prepare/mlm_corpus.py), so that a model pretrained
+there reads the same ids; where that folder is not prepared, one is learned from the train sentences. --input: a folder
+of train.tsv and dev.tsv (and train_glue_phrases.tsv for --phrases), gzipped or not.
 """
 import sys
 from pathlib import Path
@@ -65,8 +55,7 @@ def prepare(out_dir=None, input_path=None, phrases=False, tokenizer_from=PRETRAI
     out_dir = Path(out_dir or default_out_dir(NAME))
     data = {split: read_sst2(name, out_dir, input_path) for split, name in (('train', 'train'), ('val', 'dev'))}
     if phrases:
-        data['train'] = add_phrases(data['train'], read_sst2('train_glue_phrases', out_dir, input_path),
-                                    data['val'])
+        data['train'] = add_phrases(data['train'], read_sst2('train_glue_phrases', out_dir, input_path), data['val'])
     tokenizer, source = load_tokenizer(tokenizer_from, data['train'][0], vocab_size)
     meta = tokenizer_meta(tokenizer, **tokenizer.special_ids(), label_names=list(SST2_LABELS), n_classes=len(SST2_LABELS),
                           tokenizer_from=source)
@@ -90,9 +79,7 @@ def main(argv=None):
                         help='prepared pretraining data whose vocabulary to use (default: %(default)s)')
     parser.add_argument('--vocab_size', type=int, default=8192,
                         help='vocabulary size when there is no pretraining data to take it from (default: %(default)s)')
-    args = parser.parse_args(argv)
-    prepare(out_dir=args.out_dir, input_path=args.input, phrases=args.phrases, tokenizer_from=args.tokenizer_from,
-            vocab_size=args.vocab_size)
+    prepare(**vars(parser.parse_args(argv)))
 
 
 if __name__ == '__main__':

@@ -5,6 +5,7 @@ import pytest
 
 import bench
 from configurator import UserError
+from test_sample import trained_dir  # noqa: F401 (a fixture)
 
 TINY = ['--device=cpu', '--dtype=float32', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=16',
         '--batch_size=4', '--gradient_accumulation_steps=2', '--warmup_steps=1', '--measure_steps=2',
@@ -41,7 +42,20 @@ def test_table_output_and_skipped_parts(shakespeare_char_dir, tmp_path, capsys):
     assert SAMPLING_KEYS <= results.keys()
 
 
-@pytest.mark.parametrize('flag', ['--measure_steps=-1', '--sample_tokens=-5', '--warmup_step=3', '--sample_rounds=0'])
+def test_speculative_decoding_against_plain(shakespeare_char_dir, trained_dir, capsys):  # noqa: F811
+    """--draft: the batch's tokens/s by speculative decoding and plain, greedy and at temperature 0.8, and how
+    many draft tokens a pass kept (the draft: another model of the same characters, block 32)."""
+    results = bench.main([f'--dataset={shakespeare_char_dir}', *TINY, '--measure_steps=0', f'--draft={trained_dir}',
+                          '--draft_tokens=3', '--sample_rounds=1'])
+    for name in ('greedy', 't0.8'):
+        assert results[f'spec_{name}_tokens_per_sec'] > 0 and results[f'spec_{name}_plain_tokens_per_sec'] > 0
+        assert 0 <= results[f'spec_{name}_accepted_per_pass'] <= 3
+    assert results['spec_same_tokens'] is True and results['draft_tokens'] == 3
+    assert 'draft tokens kept per pass' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('flag', ['--measure_steps=-1', '--sample_tokens=-5', '--warmup_step=3', '--sample_rounds=0',
+                                  '--draft_tokens=0'])
 def test_bad_settings_are_user_errors(flag):
     with pytest.raises(UserError):
         bench.main(['--device=cpu', flag])
