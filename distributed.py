@@ -1,5 +1,6 @@
 """The processes of one run: torchrun's ranks, their process group, and the decisions they take together."""
 
+import contextlib
 import inspect
 import os
 from dataclasses import dataclass
@@ -65,6 +66,12 @@ def data_parallel(model, ranks, device_type):
     no_sync = {'forward_sync_buffers' if 'forward_sync_buffers' in inspect.signature(DDP).parameters
                else 'broadcast_buffers': False}  # torch 2.13 renamed it
     return DDP(model, device_ids=[ranks.local_rank] if device_type == 'cuda' else None, **no_sync)
+
+
+def gradient_sync(model, ranks, last, fsdp):
+    """DDP: all-reduce the gradients only in the last micro-step's backward; the others accumulate.
+    FSDP reduce-scatters in every micro-step's backward: the gradients stay sharded (1/N of the memory)."""
+    return model.no_sync() if ranks.ddp and not last and not fsdp else contextlib.nullcontext()
 
 
 def agree_to_stop(stop, elapsed, ranks, device):

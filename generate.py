@@ -235,21 +235,41 @@ def propose(draft, cache, feed, k, temperature, top_k, top_p, generators):
     return torch.cat(tokens, dim=1), torch.stack(probs, dim=1) if k else None
 
 
+def speculative_pass(model, draft, caches, tokens, length, behind, k, shape, generators, stats):
+    """One round for every row: the draft proposes k tokens, the model reads them in one pass, speculative_accept
+    keeps a prefix and adds one of the model's. The rows' new tokens are written into `tokens` after each row's
+    `length`, and both caches roll back what was rejected. Returns (new tokens (B, k + 1), kept counts (B,)): each
+    row's first kept + 1 are its new ones. shape: (temperature, top_k, top_p)."""
+    cache, draft_cache = caches
+    device = tokens.device
+    unread = tokens.gather(1, length[:, None] - behind + torch.arange(behind, device=device))  # not in the draft's cache
+    drafted, q = propose(draft, draft_cache, unread, k, *shape, generators)
+    p = token_probabilities(model(torch.cat((unread[:, -1:], drafted), dim=1), cache=cache, all_logits=True)[0], *shape)
+    kept, own = speculative_accept(p, p[:, :0] if q is None else q, drafted, generators)
+    new = torch.cat((drafted, own), dim=1).scatter(1, kept[:, None], own)
+    tokens.scatter_(1, length[:, None] + torch.arange(k + 1, device=device), new)
+    cache.roll_back(length + kept)
+    if k:
+        draft_cache.roll_back(length + kept - 1)
+    if stats is not None and k:
+        stats['passes'] = stats.get('passes', 0) + len(length)
+        stats['accepted'] = stats.get('accepted', 0) + int(kept.sum())
+    return new, kept
+
+
 @torch.inference_mode()
 def speculative_rows(model, draft, prompt, n_rows, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
                      generators=None, is_finished=None, draft_tokens=4, stats=None):
-    """sample_rows by speculative decoding (greedy: the same tokens; sampling: the same distribution). Each round
-    the draft, a smaller GPT with the same tokenizer, proposes draft_tokens tokens; the model reads them in one pass
-    and keeps in each row those speculative_accept accepts, and one of its own. Both caches hold each row's length
-    and roll back its rejected positions (KVCache.roll_back). Near block_size fewer are drafted; rows past it end
-    with sample_rows' plain steps. stats: a dict to count 'passes' (rows verified) and 'accepted' (tokens kept)."""
+    """sample_rows by speculative decoding (greedy: the same tokens; sampling: the same distribution), rounds of
+    speculative_pass; rows past block_size end with plain steps (sliding_rows). stats: a dict to count 'passes'
+    (rows verified) and 'accepted' (draft tokens kept)."""
     block_size, T, device = model.config.block_size, prompt.size(1), prompt.device
     if T > block_size:
         yield from sample_rows(model, prompt, n_rows, max_new_tokens, temperature, top_k, top_p, generators, is_finished)
         return
-    cache, draft_cache = KVCache(block_size), KVCache(draft.config.block_size)
+    caches = KVCache(block_size), KVCache(draft.config.block_size)
     if T > 1:  # the prompt but its last token, read once by each model and copied to every row
-        for net, kv in ((model, cache), (draft, draft_cache)):
+        for net, kv in zip((model, draft), caches):
             net(prompt[:, :-1], cache=kv)
             kv.select(torch.zeros(n_rows, dtype=torch.long, device=device))
     tokens = torch.cat((prompt.expand(n_rows, -1), prompt.new_zeros(n_rows, max_new_tokens + draft_tokens + 1)), dim=1)
@@ -257,22 +277,10 @@ def speculative_rows(model, draft, prompt, n_rows, max_new_tokens, temperature=1
     behind = 1  # the draft's cache holds all but the last `behind` of each row
     running, new_ids, parked = list(range(n_rows)) if max_new_tokens else [], [[] for _ in range(n_rows)], []
     while running:
-        row_generators = [generators[row] for row in running] if generators is not None else None
         k = min(draft_tokens, block_size - int(length.max()))  # the longest row's positions must fit
-        unread = tokens.gather(1, length[:, None] - behind + torch.arange(behind, device=device))
-        drafted, q = propose(draft, draft_cache, unread, k, temperature, top_k, top_p, row_generators)
-        logits = model(torch.cat((unread[:, -1:], drafted), dim=1), cache=cache, all_logits=True)[0]
-        p = token_probabilities(logits, temperature, top_k, top_p)
-        kept, own = speculative_accept(p, p[:, :0] if q is None else q, drafted, row_generators)
-        new = torch.cat((drafted, own), dim=1).scatter(1, kept[:, None], own)  # each row's first kept + 1 are new
-        tokens.scatter_(1, length[:, None] + torch.arange(k + 1, device=device), new)
-        cache.roll_back(length + kept)
-        if k:
-            draft_cache.roll_back(length + kept - 1)
+        new, kept = speculative_pass(model, draft, caches, tokens, length, behind, k, (temperature, top_k, top_p),
+                                     [generators[row] for row in running] if generators else None, stats)
         behind, length = 2 if k else behind + 1, length + kept + 1
-        if stats is not None and k:
-            stats['passes'] = stats.get('passes', 0) + len(running)
-            stats['accepted'] = stats.get('accepted', 0) + int(kept.sum())
         still, lengths = [], length.tolist()
         for i, (row, ids, count) in enumerate(zip(running, new.tolist(), (kept + 1).tolist())):
             for token in ids[:count]:
@@ -280,27 +288,33 @@ def speculative_rows(model, draft, prompt, n_rows, max_new_tokens, temperature=1
                 yield row, token
                 if len(new_ids[row]) == max_new_tokens or is_finished is not None and is_finished(row, new_ids[row]):
                     break
-            else:
-                if lengths[i] > block_size:  # its context is full: to the plain steps
-                    parked.append((row, tokens[i, :block_size + 1]))
-                else:
-                    still.append(i)
+            else:  # unfinished: on, or, its context full, to plain steps
+                (parked.append((row, tokens[i, :block_size + 1])) if lengths[i] > block_size else still.append(i))
         if not still:
             break
         if len(still) < len(running):  # finished rows and full ones leave the batch
             keep = torch.tensor(still, dtype=torch.long, device=device)
             running, tokens, length = [running[i] for i in still], tokens[keep], length[keep]
-            cache.select(keep)
-            draft_cache.select(keep)
-    if parked:  # all block_size + 1 long, each its own window: sample_rows takes them as copies of a prompt
-        rows = [row for row, _ in parked]
-        plain = sample_rows(model, torch.stack([ids for _, ids in parked]), len(rows),
-                            max_new_tokens - len(new_ids[rows[0]]), temperature, top_k, top_p,
-                            generators and [generators[row] for row in rows],
-                            is_finished and (lambda i, _: is_finished(rows[i], new_ids[rows[i]])), use_cache=False)
-        for i, token in plain:
-            new_ids[rows[i]].append(token)
-            yield rows[i], token
+            for kv in caches:
+                kv.select(keep)
+    if parked:
+        yield from sliding_rows(model, parked, new_ids, max_new_tokens, (temperature, top_k, top_p), generators,
+                                is_finished)
+
+
+def sliding_rows(model, parked, new_ids, max_new_tokens, shape, generators, is_finished):
+    """The rows whose context is full, (row, its last block_size + 1 tokens), go on as sample_rows does past
+    block_size (a sliding window, no cache), all in one batch, each until its own max_new_tokens or stop."""
+    rows = [row for row, _ in parked]
+
+    def finished(i, _):
+        return len(new_ids[rows[i]]) >= max_new_tokens or is_finished is not None and is_finished(rows[i], new_ids[rows[i]])
+    plain = sample_rows(model, torch.stack([window for _, window in parked]), len(rows),
+                        max(max_new_tokens - len(new_ids[row]) for row in rows), *shape,
+                        generators and [generators[row] for row in rows], finished, use_cache=False)
+    for i, token in plain:
+        new_ids[rows[i]].append(token)
+        yield rows[i], token
 
 
 def find_stop(text, stops):

@@ -20,7 +20,6 @@ import math
 import signal
 import sys
 import time
-from contextlib import nullcontext
 from types import SimpleNamespace
 
 import torch
@@ -173,8 +172,6 @@ def validate_settings(cfg):
         raise UserError(f"LoRA (lora_rank > 0) fine-tunes a trained model: it needs init_from (GPT-2, a folder of its "
                         f"weights or a run's out_dir) and lora_targets 'attn', 'mlp' or 'attn+mlp' (got "
                         f"{cfg.lora_targets!r})")
-    if not 0.0 < cfg.mask_prob < 1.0:
-        raise UserError(f"mask_prob must be between 0 and 1, got {cfg.mask_prob}")
     if cfg.fsdp and cfg.optimizer == 'muon':
         raise UserError("optimizer='muon' does not work with fsdp=True: Muon orthogonalises each whole weight matrix, "
                         "which FSDP splits across ranks; use optimizer='adamw', or fsdp=False (DDP)")
@@ -238,6 +235,17 @@ class Trainer:
             else torch.Generator().manual_seed(cfg.seed)
         self.iter_num, self.best_val_loss, self.elapsed = 0, float('inf'), 0.0
         self.model, checkpoint = build_model(cfg, explicit, self.meta, self.resuming, source, self.log)
+        self.prepare_model(checkpoint)
+        self.lr = get_lr(cfg, self.iter_num, self.elapsed)
+        self.peak = peak_flops(self.device, self.ptdtype) if self.master else 1.0
+        if self.master and replaces:  # overwrite=True, and the run is ready to start: the old run goes
+            remove_checkpoints(cfg.out_dir)
+        self.evaluation = Evaluation(cfg, self.data, self.meta, self.ranks, self.device, self.autocast)
+        self.out.start(cfg, checkpoint, self.config)
+
+    def prepare_model(self, checkpoint):
+        """The model made ready to train: on the device, sped up, its optimizers, its checkpoint's state, compiled."""
+        cfg = self.cfg
         self.raw_model = ACTIVATION_CHECKPOINTING[cfg.activation_checkpointing](  # before FSDP, which wraps each block
             speed_up(self.model.to(self.device), self.device_type, self.dtype))
         self.clip = torch.nn.utils.clip_grad_norm_
@@ -259,12 +267,6 @@ class Trainer:
             self.model = torch.compile(self.model)
         if self.ranks.ddp and not cfg.fsdp:
             self.model = distributed.data_parallel(self.model, self.ranks, self.device_type)
-        self.lr = get_lr(cfg, self.iter_num, self.elapsed)
-        self.peak = peak_flops(self.device, self.ptdtype) if self.master else 1.0
-        if self.master and replaces:  # overwrite=True, and the run is ready to start: the old run goes
-            remove_checkpoints(cfg.out_dir)
-        self.evaluation = Evaluation(cfg, self.data, self.meta, self.ranks, self.device, self.autocast)
-        self.out.start(cfg, checkpoint, self.config)
 
     def load_data(self):
         """(meta or None, batches) of the dataset, prepared first if it is a small known one.
@@ -324,7 +326,7 @@ class Trainer:
         micro_batches, tokens = self.micro_batches()
         loss_sum = torch.zeros((), device=self.device)
         for last, batch, weight in micro_batches:
-            with self.gradient_sync(last):
+            with distributed.gradient_sync(self.model, self.ranks, last, self.cfg.fsdp):
                 with self.autocast:
                     _, loss = self.model(*batch)
                 self.backward(loss * weight * self.world)  # times world: DDP averages the ranks' gradients
@@ -352,11 +354,6 @@ class Trainer:
         batches = ((step == self.accum - 1, self.data.batch('train', micro_rows),
                     self.data.num_targets('train', micro_rows) / total) for step, micro_rows in enumerate(mine))
         return batches, self.data.num_inputs('train', rows)
-
-    def gradient_sync(self, last):
-        """DDP: all-reduce the gradients only in the last micro-step's backward; the others accumulate.
-        FSDP reduce-scatters in every micro-step's backward: the gradients stay sharded (1/N of the memory)."""
-        return self.model.no_sync() if self.ranks.ddp and not last and not self.cfg.fsdp else nullcontext()
 
     def backward(self, loss):
         """float16: the loss scaled up so that small gradients do not underflow (unscaled before clipping)."""

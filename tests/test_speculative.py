@@ -57,6 +57,16 @@ def test_greedy_speculative_decoding_gives_plain_greedys_tokens(pos_emb):
     assert 0.5 < stats['accepted'] / stats['passes'] < 2.5  # kept and rejected tokens both happened
 
 
+def test_sampled_rows_that_cross_block_size_at_different_counts_each_get_max_new_tokens():
+    """Sampled rows keep different counts of draft tokens, so they fill their context in different rounds; each
+    then goes on with plain steps and still ends at max_new_tokens."""
+    model, draft = models('rope')
+    prompt = torch.randint(0, 32, (1, 10), generator=torch.Generator().manual_seed(0))
+    generators = [torch.Generator().manual_seed(i) for i in range(8)]
+    rows = rows_of(generate.speculative_rows(model, draft, prompt, 8, 25, 1.0, generators=generators, draft_tokens=4))
+    assert sorted(rows) == list(range(8)) and all(len(tokens) == 25 for tokens in rows.values())
+
+
 def test_greedy_with_the_model_as_its_own_draft_keeps_every_token():
     model, _ = models('learned')
     stats = {}
