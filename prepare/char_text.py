@@ -34,9 +34,9 @@ def main(argv=None):
     parser = make_arg_parser('char_text', __doc__.splitlines()[0])
     parser.add_argument('--vocab_from', required=True, help='a prepared character dataset whose vocabulary to use')
     args = parser.parse_args(argv)
-    if args.input is None:
+    if args.input_path is None:
         raise UserError('--input is required: the text to prepare')
-    prepare(args.input, args.vocab_from, args.out_dir)
+    prepare(**vars(args))
 
 
 if __name__ == '__main__':

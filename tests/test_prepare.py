@@ -11,7 +11,7 @@ import pytest
 import prepare
 from configurator import UserError
 from conftest import ROOT, SHARED, needs
-from prepare import multi30k, openwebtext, shakespeare_char
+from prepare import char_text, multi30k, openwebtext, shakespeare_char
 from tokenizer import load_meta, tokenizer_from_meta
 
 SHAKESPEARE = SHARED / 'data' / 'tinyshakespeare' / 'input.txt'
@@ -59,6 +59,23 @@ def test_shakespeare_char_falls_back_to_the_mirror(monkeypatch, tmp_path):
     monkeypatch.setattr(prepare, 'MIRROR_DIR', SHAKESPEARE.parents[1])
     shakespeare_char.prepare(out_dir=tmp_path)
     assert load_meta(tmp_path)['vocab_size'] == 65
+
+
+def test_char_text_uses_the_vocabulary_of_a_prepared_dataset(tmp_path):
+    (tmp_path / 'base.txt').write_text('abc de\n' * 50, encoding='utf-8')
+    base_dir = shakespeare_char.prepare(out_dir=tmp_path / 'base', input_path=tmp_path / 'base.txt')
+    (tmp_path / 'new.txt').write_text('bad cafe\n' * 40, encoding='utf-8')  # f is not in the base's vocabulary
+    char_text.main(['--input', str(tmp_path / 'new.txt'), '--vocab_from', str(base_dir),
+                    '--out_dir', str(tmp_path / 'new')])
+    meta = load_meta(tmp_path / 'new')
+    assert meta['tokenizer'] == load_meta(base_dir)['tokenizer']  # init_from the base's model needs the same ids
+    tokens = np.concatenate([read_tokens(tmp_path / 'new' / name, meta) for name in ('train.bin', 'val.bin')])
+    assert tokenizer_from_meta(meta).decode(tokens) == '\n'.join(['bad cae'] * 40)
+    with pytest.raises(UserError, match='--input is required'):
+        char_text.main(['--vocab_from', str(base_dir), '--out_dir', str(tmp_path / 'other')])
+    with pytest.raises(UserError, match='not a prepared character dataset'):
+        char_text.main(['--input', str(tmp_path / 'new.txt'), '--vocab_from', str(tmp_path / 'none'),
+                        '--out_dir', str(tmp_path / 'other')])
 
 
 def test_downloaded_input_is_used(monkeypatch, tmp_path):
