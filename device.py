@@ -175,22 +175,24 @@ class ReLUSquaredFunction(torch.autograd.Function):
         return grad.mul(r).mul_(2)
 
 
-class FastReLUSquared(model.ReLUSquared):
-    """model.ReLUSquared with the hand-written gradient above."""
-
-    def forward(self, x):
-        return ReLUSquaredFunction.apply(x)
+def fast_relu_squared(x):
+    """model.relu_squared with the hand-written gradient above."""
+    return ReLUSquaredFunction.apply(x)
 
 
-class Float32AttentionFormula(model.AttentionFormula):
-    """Attention in float32 under CPU autocast: on a CPU, bf16 attention trains several times slower than float32's
-    (no bf16 kernels for its small matmuls and softmax), while the projections around it keep their ~2x bf16 gain."""
+class Float32Attention:
+    """An attention formula run in float32 under CPU autocast: on a CPU, bf16 attention trains several times slower
+    than float32's (no bf16 kernels for its small matmuls and softmax), while the projections around it keep their
+    ~2x bf16 gain. A plain callable, as the formula it wraps (model.Attention.formula)."""
 
-    def forward(self, q, k, v, **kwargs):
+    def __init__(self, formula):
+        self.formula = formula
+
+    def __call__(self, q, k, v, **kwargs):
         if not torch.is_autocast_enabled('cpu'):  # weights already in one dtype (sampling): nothing to do
-            return super().forward(q, k, v, **kwargs)
+            return self.formula(q, k, v, **kwargs)
         with torch.autocast('cpu', enabled=False):
-            return super().forward(q.float(), k.float(), v.float(), **kwargs)
+            return self.formula(q.float(), k.float(), v.float(), **kwargs)
 
 
 def orthogonalised(update, coefficients, steps, eps):
@@ -326,16 +328,14 @@ def pack_for_inference(net, device_type, dtype):
 
 
 def speed_up(net, device_type, dtype):
-    """Apply the speed-ups that pay on this hardware to `net` (in place; returns it): ReLUSquared modules become
-    FastReLUSquared; on a CPU under bf16 autocast, AttentionFormula ones Float32AttentionFormula. Same numbers."""
+    """Apply the speed-ups that pay on this hardware to `net` (in place; returns it): relu_squared MLPs get
+    fast_relu_squared; on a CPU under bf16 autocast, attention formulas run in float32. Same numbers."""
     if device_type == 'cuda':
         no_attention_plans_per_shape()
     cpu_autocast = device_type == 'cpu' and dtype != 'float32'
-
-    def faster(module):
-        if type(module) is model.ReLUSquared:
-            return FastReLUSquared()
-        if type(module) is model.AttentionFormula and cpu_autocast:
-            return Float32AttentionFormula(module.fused)
-        return None
-    return swap_modules(net, faster)
+    for module in net.modules():
+        if isinstance(module, model.MLP) and module.activation is model.relu_squared:
+            module.activation = fast_relu_squared
+        if isinstance(module, model.Attention) and cpu_autocast and not isinstance(module.formula, Float32Attention):
+            module.formula = Float32Attention(module.formula)
+    return net

@@ -38,8 +38,8 @@ def loss_and_grads(model, x, y, dtype='float32'):
 def test_relu_squared_has_the_gradient_of_its_definition():
     x = torch.randn(4, 7, dtype=torch.float64)
     x = (x + 0.1 * x.sign()).requires_grad_()  # keep away from the kink at 0
-    fast = device.FastReLUSquared()
-    torch.testing.assert_close(fast(x), model.ReLUSquared()(x))
+    fast = device.fast_relu_squared
+    torch.testing.assert_close(fast(x), model.relu_squared(x))
     torch.testing.assert_close(fast(x), torch.relu(x) ** 2)
     assert torch.autograd.gradcheck(fast, (x,))
     assert (fast(x) == 0).any() and (fast(x) > 0).any()
@@ -49,8 +49,8 @@ def test_relu_squared_has_the_gradient_of_its_definition():
 def test_speed_ups_leave_a_float32_model_bit_identical(mlp):
     plain = tiny_gpt(mlp=mlp, pos_emb='rope', qk_norm=True)
     fast = device.speed_up(copy.deepcopy(plain), 'cpu', 'float32')
-    if mlp == 'relu2':  # swapped by its type
-        assert all(type(block.mlp.activation) is device.FastReLUSquared for block in fast.transformer.h)
+    if mlp == 'relu2':
+        assert all(block.mlp.activation is device.fast_relu_squared for block in fast.transformer.h)
     x = random_tokens(3, 16)
     y = random_tokens(3, 16, seed=2)
     loss, grads = loss_and_grads(plain, x, y)
@@ -128,7 +128,7 @@ def test_weights_are_packed_only_for_float32_on_a_cpu(device_type, dtype):
 def test_float32_attention_under_cpu_autocast_is_the_plain_attention_of_float32_heads():
     model = device.speed_up(tiny_gpt(qk_norm=False), 'cpu', 'bfloat16')
     formula = model.transformer.h[0].attn.formula
-    assert type(formula) is device.Float32AttentionFormula
+    assert type(formula) is device.Float32Attention
     q, k, v = (torch.randn(2, 4, 8, 8).to(torch.bfloat16) for _ in range(3))
     with torch.autocast('cpu', dtype=torch.bfloat16):
         fast = formula(q, k, v, is_causal=True)
@@ -154,7 +154,8 @@ def test_no_test_sees_the_cudnn_attention_setting_that_an_earlier_one_left():
 def test_speed_ups_are_applied_once_and_survive_a_deepcopy():
     model = device.speed_up(tiny_gpt(), 'cpu', 'bfloat16')
     device.speed_up(model, 'cpu', 'bfloat16')
-    assert type(model.transformer.h[0].attn.formula) is device.Float32AttentionFormula
+    formula = model.transformer.h[0].attn.formula
+    assert type(formula) is device.Float32Attention and formula.formula is F.scaled_dot_product_attention
     copied = copy.deepcopy(model)
     x = random_tokens(2, 8)
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
@@ -165,8 +166,8 @@ def test_seq2seq_speed_ups_reach_encoder_decoder_and_cross_attention():
     model = Seq2SeqTransformer(Seq2SeqConfig(vocab_size=VOCAB, n_layer=1, n_head=2, n_embd=16, mlp='relu2'))
     device.speed_up(model, 'cpu', 'bfloat16')
     attentions = [model.encoder[0].attn, model.decoder[0].attn, model.decoder[0].cross_attn]
-    assert all(type(a.formula) is device.Float32AttentionFormula for a in attentions)
-    assert type(model.decoder[0].mlp.activation) is device.FastReLUSquared
+    assert all(type(a.formula) is device.Float32Attention for a in attentions)
+    assert model.decoder[0].mlp.activation is device.fast_relu_squared
 
 
 def muon_pair(seed=0):
