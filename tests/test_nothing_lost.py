@@ -2,7 +2,6 @@
 it starts, and the decisions of a distributed run taken by every rank alike."""
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import sample
 import train
 from checkpoint import load_checkpoint
 from conftest import ROOT
-from test_train import file_bytes, read_metrics, run_script, tiny_args, training_losses
+from test_train import file_bytes, run_script, tiny_args, training_losses
 
 FSDP = dict(fsdp=True, always_save_checkpoint=True, eval_interval=4, eval_iters=2)
 
