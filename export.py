@@ -65,15 +65,6 @@ def check_exportable(checkpoint, trained_tokenizer):
 # The model
 
 
-def hf_config(args, eot_token):
-    transformers = import_transformers()
-    dropout = args.get('dropout', 0.0)  # used only if the exported model is trained further
-    return transformers.GPT2Config(
-        vocab_size=args['vocab_size'], n_positions=args['block_size'], n_embd=args['n_embd'], n_layer=args['n_layer'],
-        n_head=args['n_head'], activation_function=HF_ACTIVATION[args.get('mlp', 'gelu')], layer_norm_epsilon=1e-5,
-        resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, bos_token_id=eot_token, eos_token_id=eot_token)
-
-
 def hf_state_dict(model, hf_state):
     """Our weights under transformers' GPT-2 names: the same names, a few matrices transposed (they are Conv1D
     there), and zeros for the biases a bias=False model lacks (exact: a zero bias adds nothing)."""
@@ -86,8 +77,12 @@ def hf_state_dict(model, hf_state):
 
 def save_model(checkpoint, folder, eot_token):
     transformers = import_transformers()
-    model = model_from_checkpoint(checkpoint, 'gpt')
-    hf_model = transformers.GPT2LMHeadModel(hf_config(checkpoint['model_args'], eot_token))
+    model, args = model_from_checkpoint(checkpoint, 'gpt'), checkpoint['model_args']
+    dropout = args.get('dropout', 0.0)  # used only if the exported model is trained further
+    hf_model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=args['vocab_size'], n_positions=args['block_size'], n_embd=args['n_embd'], n_layer=args['n_layer'],
+        n_head=args['n_head'], activation_function=HF_ACTIVATION[args.get('mlp', 'gelu')], layer_norm_epsilon=1e-5,
+        resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, bos_token_id=eot_token, eos_token_id=eot_token))
     hf_model.load_state_dict(hf_state_dict(model, hf_model.state_dict()))  # strict: every weight is set
     hf_model.save_pretrained(folder)  # config.json, model.safetensors, generation_config.json
 

@@ -4,11 +4,10 @@ encoder-decoder alike.
 
 - KVCache: keys and values of the tokens already read, so each new token costs one position.
 - sample_next_token: temperature, top-k, top-p; temperature 0 is greedy.
-- sample / stream: a GPT continues a prompt, token by token (nanoGPT's generate).
-- sample_rows: many continuations of one prompt in one batch, each stopping on its own.
-- find_stop: where a stop string ends a text.
-- greedy_decode, beam_search: an encoder-decoder writes a translation.
-- translate: sentences in, sentences out, batched by length.
+- sample: a GPT continues a prompt, token by token (nanoGPT's generate).
+- sample_rows: many continuations of one prompt in one batch, each stopping on its own; speculative_rows: the same
+  with a draft model's proposals, kept by speculative_accept.
+- greedy_decode, beam_search, translate: an encoder-decoder writes translations, batched by length.
 - fill_masks, label_sentences: an encoder's guesses for [MASK] tokens, and its labels of sentences.
 
 It imports no other module of the project (but errors.py): it calls the models' forward (GPT, encoder)
@@ -27,13 +26,11 @@ from errors import UserError
 
 
 class KVCache:
-    """Keys and values already computed during generation, so that each new token is
-    one query against the stored keys instead of a re-run of the whole context.
-
-    Self-attention layers write each new position into buffers of max_len positions made on
-    first use (no re-allocation as the text grows). Cross-attention layers store the
-    projection of the encoder output once per source batch (it never changes while decoding it).
-    Rows may hold different numbers of positions (`lengths`, speculative decoding's rows), each rolled back alone."""
+    """Keys and values already computed during generation, so that each new token is one query against the stored
+    keys instead of a re-run of the whole context. Self-attention layers write each new position into buffers of
+    max_len positions made on first use (no re-allocation as the text grows); cross-attention layers store the
+    projection of the encoder output once per source batch (it never changes while decoding it). Rows may hold
+    different numbers of positions (`lengths`, speculative decoding's rows), each rolled back alone."""
 
     def __init__(self, max_len):
         self.max_len = max_len
@@ -45,10 +42,9 @@ class KVCache:
     def reserve(self, T):
         """A forward of T new tokens begins: they take positions pos..pos+T-1 (model.causal_attention
         masks them). Returns pos, the positions already held (each row's, a tensor, when they differ)."""
-        if self.lengths is not None:
-            start, self.lengths, self.pos = self.lengths, self.lengths + T, self.pos + T
-            return start
-        start, self.pos = self.pos, self.pos + T
+        start = self.pos if self.lengths is None else self.lengths
+        self.pos += T
+        self.lengths = None if self.lengths is None else self.lengths + T
         return start
 
     def append(self, layer, k, v):
@@ -93,12 +89,13 @@ class KVCache:
         self.lengths = None if bool((lengths == self.pos).all()) else lengths
 
 
-def next_token_logits(forward, tokens, cache):
-    """Logits (B, V) of the token after `tokens` (B, T); forward(tokens, cache) -> logits (B, T', V).
-    With a cache only the tokens it has not seen yet are fed in: after the prompt, one per step."""
-    if cache is None:
-        return forward(tokens, None)[:, -1]
-    return forward(tokens[:, cache.pos:], cache)[:, -1]
+def next_token_logits(forward, tokens, cache, window=None):
+    """Logits (B, V) of the token after `tokens` (B, T); forward(tokens, cache) -> logits (B, T', V). With a cache only
+    the tokens it has not seen yet are fed in: after the prompt, one per step. Past `window` tokens (a GPT's block_size)
+    the last `window` are re-read without the cache: every position shifts, so the cached keys are stale."""
+    if window is not None and tokens.size(1) > window:
+        return forward(tokens[:, -window:], None)[:, -1]
+    return forward(tokens if cache is None else tokens[:, cache.pos:], cache)[:, -1]
 
 
 # ---------------------------------------------------------------------------
@@ -148,43 +145,29 @@ def draw(probs, generators=None):
 
 
 @torch.inference_mode()
-def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
-    """Yield (B, 1) new tokens of a GPT one at a time. With the KV cache each step feeds only the
-    newest token. Past block_size the context is cropped to the last block_size tokens;
-    every position then shifts, the cached keys are stale, and each step re-runs the window."""
-    block_size = model.config.block_size
-    cache = KVCache(block_size) if use_cache else None
+def sample(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
+    """Continue each row of idx (B, T) by max_new_tokens tokens of a GPT, one at a time; returns
+    (B, T + max_new_tokens). With the KV cache each step feeds only the newest token."""
+    cache = KVCache(model.config.block_size) if use_cache else None
     forward = lambda tokens, kv: model(tokens, cache=kv)[0]  # noqa: E731 (last-position logits)
     for _ in range(max_new_tokens):
-        fits = idx.size(1) <= block_size
-        logits = next_token_logits(forward, idx if fits else idx[:, -block_size:], cache if fits else None)
-        next_token = sample_next_token(logits, temperature, top_k, top_p)
-        idx = torch.cat((idx, next_token), dim=1)
-        yield next_token
-
-
-@torch.inference_mode()
-def sample(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
-    """Continue each row of idx (B, T) by max_new_tokens tokens; returns (B, T + max_new_tokens)."""
-    new = list(stream(model, idx, max_new_tokens, temperature, top_k, top_p, use_cache))
-    return torch.cat([idx, *new], dim=1)
+        logits = next_token_logits(forward, idx, cache, model.config.block_size)
+        idx = torch.cat((idx, sample_next_token(logits, temperature, top_k, top_p)), dim=1)
+    return idx
 
 
 @torch.inference_mode()
 def sample_rows(model, prompt, n_rows, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
                 generators=None, is_finished=None, use_cache=True):
-    """n_rows continuations of one prompt (1, T), generated as one batch. The prompt is read once
-    and its cache copied to every row. A row ends when is_finished(row, its new ids) says so, or
-    after max_new_tokens; it then leaves the batch and costs nothing more.
-    Yields (row, token id) for each new token, the rows of a step in order."""
-    block_size = model.config.block_size
-    cache = KVCache(block_size) if use_cache else None
+    """n_rows continuations of one prompt (1, T), generated as one batch. The prompt is read once and its cache copied
+    to every row. A row ends when is_finished(row, its new ids) says so, or after max_new_tokens; it then leaves the
+    batch and costs nothing more. Yields (row, token id) for each new token, the rows of a step in order."""
+    cache = KVCache(model.config.block_size) if use_cache else None
     forward = lambda tokens, kv: model(tokens, cache=kv)[0]  # noqa: E731 (last-position logits)
     running, new_ids = list(range(n_rows)), [[] for _ in range(n_rows)]
     idx = prompt
     for step in range(max_new_tokens):
-        fits = idx.size(1) <= block_size
-        logits = next_token_logits(forward, idx if fits else idx[:, -block_size:], cache if fits else None)
+        logits = next_token_logits(forward, idx, cache, model.config.block_size)
         if step == 0:  # the prompt's logits and cache, shared by every row
             idx, logits = idx.expand(n_rows, -1), logits.expand(n_rows, -1)
             if cache is not None:
@@ -329,10 +312,7 @@ def find_stop(text, stops):
 
 def cut_at_eos(tokens, eos_id):
     """Rows of generated ids (B, 1 + T), starting with <bos> -> lists without <bos>, cut before <eos>."""
-    out = []
-    for row in tokens[:, 1:].tolist():
-        out.append(row[:row.index(eos_id)] if eos_id in row else row)
-    return out
+    return [row[:row.index(eos_id)] if eos_id in row else row for row in tokens[:, 1:].tolist()]
 
 
 def decoder_step(model, memory, mask):
@@ -361,10 +341,9 @@ def greedy_decode(model, src, max_new_tokens, use_cache=True):
 
 @torch.inference_mode()
 def beam_search(model, src, max_new_tokens, beam_size, length_penalty, use_cache=True):
-    """Keep the beam_size likeliest partial translations of each sentence; at each step
-    extend every one by every token and keep the best beam_size of the results. Finished
-    beams stay, extended only by <pad> at no cost. The winner maximises
-    log p / ((5 + length) / 6) ** length_penalty (Wu et al. 2016), so long outputs are not unfairly penalised."""
+    """Keep the beam_size likeliest partial translations of each sentence; at each step extend every one by every token
+    and keep the best beam_size of the results. Finished beams stay, extended only by <pad> at no cost. The winner
+    maximises log p / ((5 + length) / 6) ** length_penalty (Wu et al. 2016): long outputs are not unfairly penalised."""
     config = model.config
     B, K, V = src.size(0), beam_size, config.vocab_size
     memory, mask = model.encode(src)  # once per sentence, then shared by its K beams

@@ -53,12 +53,6 @@ DEFAULTS = settings_of(globals())
 SEPARATOR = '---------------'
 
 
-def read_prompt(text):
-    if not text.startswith('FILE:'):
-        return text
-    return read_text(text[len('FILE:'):], 'prompt file', " (start=FILE:path reads the prompt from a file)")
-
-
 def read_text(path, what, hint=''):
     """A text file's contents, or a one-line error when it is missing or not UTF-8."""
     if not os.path.isfile(path):
@@ -203,12 +197,8 @@ def translate_text(cfg, model, tokenizer, source, run_device, summary):
         raise UserError(str(e)) from None
     print(*translations, sep='\n')  # one line per sentence (there is at least one)
     if references is not None:
-        report_bleu(cfg, translations, references, summary, time.time() - t0)
-
-
-def report_bleu(cfg, translations, references, summary, seconds):
-    bleu = generate.bleu_score(translations, references)
-    print(f"{bleu} | {summary} | translated in {seconds:.1f} s (beam {cfg.beam_size})", file=sys.stderr)
+        seconds, bleu = time.time() - t0, generate.bleu_score(translations, references)  # BLEU's time not counted
+        print(f"{bleu} | {summary} | translated in {seconds:.1f} s (beam {cfg.beam_size})", file=sys.stderr)
 
 
 def read_reference(cfg, count, what):
@@ -244,14 +234,13 @@ def load_draft(cfg, model, tokenizer):
 
 
 def ready_to_sample(cfg, model, run_device, device_type, run_dtype):
-    """The model in the sampling dtype on the device, with the speed-ups that give its own numbers. Returns it."""
+    """The model in the sampling dtype on the device, with the speed-ups that give its own numbers."""
     # inference needs no float32 master weights: half-size weights are read twice as fast
     speed_up(model.eval().to(run_device, getattr(torch, run_dtype)), device_type, run_dtype)
     if cfg.compile:
         compile_generation_step(model)
     else:
         one_token_steps(pack_for_inference(model, device_type, run_dtype))
-    return model
 
 
 def compile_generation_step(model):
@@ -297,13 +286,9 @@ def label_text(cfg, model, tokenizer, text, run_device, checkpoint, summary):
     for label, p in predictions:
         print(names[label] if from_file else f"{names[label]} (probability {p:.3f})")
     if references is not None:
-        report_accuracy([names[label] for label, _ in predictions], references, summary, time.time() - t0)
-
-
-def report_accuracy(predicted, references, summary, seconds):
-    correct = sum(p == r for p, r in zip(predicted, references))
-    print(f"accuracy {100 * correct / len(references):.2f}% ({correct}/{len(references)}) | "
-          f"{summary} | labelled in {seconds:.1f} s", file=sys.stderr)
+        correct = sum(names[label] == r for (label, _), r in zip(predictions, references))
+        print(f"accuracy {100 * correct / len(references):.2f}% ({correct}/{len(references)}) | "
+              f"{summary} | labelled in {time.time() - t0:.1f} s", file=sys.stderr)
 
 
 def validate(cfg):
@@ -328,7 +313,9 @@ def main(argv=None):
     draft = load_draft(cfg, model, tokenizer) if cfg.draft else None
     for net in (model, draft) if draft else (model,):
         ready_to_sample(cfg, net, run_device, device_type, run_dtype)
-    prompt = read_prompt(cfg.start)
+    prompt = cfg.start
+    if prompt.startswith('FILE:'):
+        prompt = read_text(prompt[len('FILE:'):], 'prompt file', " (start=FILE:path reads the prompt from a file)")
     if isinstance(model, GPT):
         generate_text(cfg, model, tokenizer, prompt, run_device, draft)
     elif isinstance(model, Encoder) and model.config.n_classes:
