@@ -1,9 +1,5 @@
-"""
-Checkpoints: written atomically, read safely, turned back into a model.
-
-A checkpoint is a dict of tensors and plain Python values only, so that it loads with
-torch.load(weights_only=True), which cannot run code hidden in a file.
-"""
+"""Checkpoints: written atomically, read safely, turned back into a model. A checkpoint is a dict of tensors and
+plain Python values only, so that it loads with torch.load(weights_only=True), which cannot run hidden code."""
 
 import glob
 import io
@@ -28,10 +24,8 @@ REQUIRED_KEYS = ('model', 'model_args', 'iter_num')
 
 
 def save_checkpoint(checkpoint, out_dir, keep_last=0):
-    """Write out_dir/ckpt.pt so that it is always either the old or the new file, whole:
-    write a temporary file, fsync it, then rename it over (atomic on POSIX). A failed write
-    raises and leaves the previous checkpoint as it was. keep_last > 0 keeps that many
-    earlier checkpoints as ckpt-<iter>.pt."""
+    """Write out_dir/ckpt.pt so that it is always the old or the new file, whole: a temporary file, fsynced, renamed
+    over (atomic on POSIX); a failed write raises, the old one left. keep_last > 0 keeps as many as ckpt-<iter>.pt."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, 'ckpt.pt')
     for stale in glob.glob(os.path.join(out_dir, '.ckpt.pt.tmp*')):  # left by a writer that was killed
@@ -72,25 +66,24 @@ def load_checkpoint(out_dir, weights=True):
     """The checkpoint in out_dir, or a one-line UserError saying what is wrong with it: ckpt.pt, or
     ckpt.dcp (fsdp=True's sharded checkpoint, read whole on this process) when that is the newer.
     weights=False, for a sharded one: all but the model and optimizer, which FSDP loads sharded."""
-    dcp = os.path.join(out_dir, DCP_LINK)
-    path = os.path.join(out_dir, 'ckpt.pt')
+    dcp, path = os.path.join(out_dir, DCP_LINK), os.path.join(out_dir, 'ckpt.pt')
     if os.path.lexists(dcp) and (not os.path.exists(path) or os.lstat(dcp).st_mtime >= os.path.getmtime(path)):
+        path = dcp
         try:
             checkpoint = read_checkpoint(os.path.realpath(dcp), weights)
         except BaseException as e:  # DCP's CheckpointException is a BaseException, not an Exception
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
             raise unreadable(dcp, e) from None
-        if any(key not in checkpoint for key in REQUIRED_KEYS if weights or key != 'model'):
-            raise UserError(f"{dcp} is not a checkpoint of this project (it lacks {', '.join(REQUIRED_KEYS)})")
-        return upgraded(checkpoint)
-    if not os.path.exists(path):
+    elif not os.path.exists(path):
         raise UserError(f"no checkpoint at {path}: train a model first, or point --out_dir at a run's folder")
-    try:  # mmap: tensors are read from the file as they are used, so N ranks resuming do not hold N copies in RAM
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-    except Exception as e:
-        raise unreadable(path, e) from None
-    if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in REQUIRED_KEYS):
+    else:
+        try:  # mmap: tensors are read from the file as they are used, so N ranks resuming do not hold N copies in RAM
+            checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+        except Exception as e:
+            raise unreadable(path, e) from None
+    required = REQUIRED_KEYS[1:] if path == dcp else REQUIRED_KEYS  # a sharded one's model: read apart, or by FSDP
+    if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in required):
         raise UserError(f"{path} is not a checkpoint of this project (it lacks {', '.join(REQUIRED_KEYS)})")
     return upgraded(checkpoint)
 
@@ -225,16 +218,14 @@ def model_from_checkpoint(checkpoint, model_type=None, adapters=False):
 
 
 def lora_record(cfg):
-    """What a LoRA run's checkpoint says of its adapters and base (a GPT-2 name, or a folder's full path); the
-    base's hash is added by adapted()."""
+    """What a LoRA run's checkpoint says of its adapters and base (a GPT-2 name, or a folder's full path)."""
     base = cfg.init_from if cfg.init_from in GPT2_NAMES else os.path.abspath(cfg.init_from)
     return {'rank': cfg.lora_rank, 'alpha': cfg.lora_alpha, 'targets': cfg.lora_targets, 'base': base}
 
 
 def adapted(model, lora, kind):
-    """`model` frozen, with the LoRA adapters of `lora` (lora_record's); an encoder's head trains too (it starts
-    fresh on fine-tuning). A record that has the base's hash (a checkpoint loaded again) is checked against the
-    weights just frozen; one that has none gets it. The record goes with the model, for its checkpoints."""
+    """`model` frozen, with the adapters of `lora` (lora_record's); an encoder's head trains too (it starts fresh).
+    The record gets the frozen weights' hash, or, loaded again, is checked against it; it goes with the model."""
     add_lora(model, lora['rank'], lora['alpha'], lora['targets'], Encoder.HEADS if kind == 'encoder' else ())
     base_hash = frozen_hash(model)
     if lora.setdefault('base_hash', base_hash) != base_hash:
@@ -256,8 +247,7 @@ def with_base_weights(model, base):
 
 
 def tokenizer_state(checkpoint):
-    """The state of the tokenizer the model was trained with. Our checkpoints carry it; for a
-    nanoGPT checkpoint it comes from the dataset's meta.pkl, else it is GPT-2's BPE."""
+    """The model's tokenizer's state: the checkpoint's, else (nanoGPT's) its dataset's meta.pkl's, or GPT-2's BPE."""
     if 'tokenizer' in checkpoint:
         return checkpoint['tokenizer']
     meta = load_meta(os.path.join('data', checkpoint.get('config', {}).get('dataset', '')))
@@ -286,27 +276,17 @@ def set_rng_state(state):
 
 
 # ---------------------------------------------------------------------------
-# Sharded checkpoints (fsdp=True): a torch.distributed.checkpoint (DCP) directory, each rank writing its
-# shards. It holds {'model': the model's state dict, 'optimizer': the optimizers' (keyed by parameter
-# name), 'extra': everything else a ckpt.pt holds (iteration, config, tokenizer, RNG and sampler state,
-# scaler...), pickled}.
+# Sharded checkpoints (fsdp=True): a torch.distributed.checkpoint (DCP) directory, each rank writing its shards.
+# It holds {'model': the model's state dict, 'optimizer': the optimizers' (keyed by parameter name), 'extra':
+# everything else a ckpt.pt holds (iteration, config, tokenizer, RNG and sampler state, scaler...), pickled}.
 
 DCP_LINK = 'ckpt.dcp'  # out_dir/ckpt.dcp -> .ckpt-dcp-<iter>, the last complete checkpoint
 
 
-def pickled(obj):
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    buffer.seek(0)
-    return buffer
-
-
 def save_sharded(out_dir, model, optimizers, extra, keep_last=0):
-    """Write the checkpoint as a DCP directory, each rank its own shard, in parallel. It goes into
-    .ckpt-dcp-<iter>; only once every rank has finished is the link out_dir/ckpt.dcp switched to it
-    (a rename: atomic), so a kill at any moment leaves the last complete checkpoint loadable. Older
-    directories are removed, but for keep_last of them. Every rank calls it; rank 0 alone decides
-    what happens to files, and tells the others."""
+    """Write the checkpoint into a DCP directory .ckpt-dcp-<iter>, each rank its shards, in parallel; only once every
+    rank is done is the link out_dir/ckpt.dcp switched to it (a rename: atomic), so a kill at any moment leaves the
+    last complete checkpoint. Older ones go, but keep_last. Every rank calls it; rank 0 alone decides on files."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -314,7 +294,10 @@ def save_sharded(out_dir, model, optimizers, extra, keep_last=0):
     from distributed import rank0_decides
     name = rank0_decides(lambda: fresh_dcp_name(out_dir, extra['iter_num']))
     model_state, optim_state = get_state_dict(model, optimizers)
-    dcp.save({'model': changed_weights(model, model_state), 'optimizer': optim_state, 'extra': pickled(extra)},
+    pickled = io.BytesIO()
+    torch.save(extra, pickled)
+    pickled.seek(0)
+    dcp.save({'model': changed_weights(model, model_state), 'optimizer': optim_state, 'extra': pickled},
              checkpoint_id=os.path.join(out_dir, name))
     dist.barrier()  # every shard and the metadata written
     if dist.get_rank() == 0:
@@ -328,9 +311,8 @@ def save_sharded(out_dir, model, optimizers, extra, keep_last=0):
 
 
 def fresh_dcp_name(out_dir, iter_num):
-    """The directory to write iteration iter_num's checkpoint into, emptied: .ckpt-dcp-<iter>, or, when
-    that is the live checkpoint (the same iteration saved again, as a resumed run does at its first
-    evaluation), a second name beside it. Real paths are compared: out_dir is often relative."""
+    """The emptied directory for iteration iter_num's checkpoint: .ckpt-dcp-<iter>, or a second name when that is the
+    live one (a resumed run saves its first iteration again). Real paths are compared: out_dir is often relative."""
     link = os.path.join(out_dir, DCP_LINK)
     live = os.path.realpath(link) if os.path.islink(link) else None
     name = f'.ckpt-dcp-{iter_num}'
@@ -353,8 +335,7 @@ def switch_link(out_dir, name):
 
 
 def load_sharded(path, model, optimizers):
-    """Load a DCP checkpoint into a sharded model and its optimizers: each rank reads the pieces of
-    its own shards, whatever the number of ranks that saved it."""
+    """Load a DCP checkpoint into a sharded model and optimizers, each rank its shards, however many ranks saved it."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
     model_state, optim_state = get_state_dict(model, optimizers)  # templates: the shapes and shards wanted
@@ -369,29 +350,19 @@ def load_sharded(path, model, optimizers):
                    options=StateDictOptions(strict=False))  # not the frozen weights: the base gave them
 
 
-def load_keys(keys, path):
+def read_checkpoint(path, weights=True):
+    """A DCP checkpoint read whole on this process, with no process group: the dict a ckpt.pt holds, on the CPU, its
+    optimizer state in torch's own format (numbered parameters), so that a run without FSDP resumes from it too.
+    weights=False: all but the model and optimizer ('dcp': path, to load them sharded)."""
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
         warnings.simplefilter('ignore', UserWarning)
-        return _load_state_dict_from_keys(keys, checkpoint_id=path)
-
-
-def read_extra(path):
-    value = load_keys({'extra'}, path)['extra']
-    value.seek(0)
-    return torch.load(value, map_location='cpu', weights_only=True)
-
-
-def read_checkpoint(path, weights=True):
-    """A DCP checkpoint read whole on this process, with no process group: the dict a ckpt.pt holds,
-    full tensors on the CPU. The optimizer state is turned back into torch's own format (parameters
-    numbered in the order of their groups), so that a run without FSDP resumes from it too.
-    weights=False: everything but the model and optimizer ('dcp': path, to load them sharded)."""
-    checkpoint = {**read_extra(path), 'dcp': path}
+        keys = {'extra', 'model', 'optimizer'} if weights else {'extra'}
+        state = _load_state_dict_from_keys(keys, checkpoint_id=path)
+    state['extra'].seek(0)
+    checkpoint = {**torch.load(state['extra'], map_location='cpu', weights_only=True), 'dcp': path}
     if weights:
-        state = load_keys({'model', 'optimizer'}, path)
-        checkpoint['model'] = state['model']
-        checkpoint['optimizer'] = [numbered(state['optimizer'])]
+        checkpoint['model'], checkpoint['optimizer'] = state['model'], [numbered(state['optimizer'])]
     return checkpoint
 
 
@@ -407,17 +378,15 @@ def numbered(optim_state):
 
 
 # ---------------------------------------------------------------------------
-# Where a run starts: a new model, GPT-2's weights, another run's weights (init_from=<its out_dir>), or
-# its own checkpoint (resume). train.py calls these with its settings `cfg` and the set `explicit` of the
-# settings the user gave.
+# Where a run starts: a new model, GPT-2's weights, another run's weights (init_from=<its out_dir>), or its own
+# checkpoint (resume). train.py calls these with its settings `cfg` and the set `explicit` of those the user gave.
 
 ARCH_SETTINGS = config_fields(GPTConfig) | config_fields(Seq2SeqConfig) | config_fields(EncoderConfig)
 TRAINING_ONLY = {'dropout', 'label_smoothing', 'fused_attention'}  # may change when a run is resumed
 
 
 def resumes(cfg):
-    """Whether the run continues from out_dir's checkpoint: init_from='resume', or a worker restarted by
-    torchrun --max-restarts that finds one."""
+    """Whether the run continues from out_dir's checkpoint: init_from='resume', or torchrun --max-restarts' restart."""
     return cfg.init_from == 'resume' or (cfg.init_from == 'scratch' and has_checkpoint(cfg.out_dir)
                                          and int(os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)) > 0)
 
@@ -445,10 +414,9 @@ def saved_name(cfg, key):
 
 
 def adopt_architecture(cfg, explicit, resuming):
-    """A resumed run, or init_from=<a run's out_dir>: give the architecture settings the user did not set
-    the values of the checkpoint's model (block_size as well: the data is cut to it); build_model checks
-    those set against it. Returns init_from's checkpoint (ckpt.pt, or an FSDP run's ckpt.dcp, read
-    whole), or None."""
+    """A resumed run, or init_from=<a run's out_dir>: the architecture settings the user did not set take the
+    checkpoint's values (block_size too: the data is cut to it); build_model checks those set against it.
+    Returns init_from's checkpoint (ckpt.pt, or an FSDP run's ckpt.dcp, read whole), or None."""
     if from_run(cfg):
         checkpoint = source = load_checkpoint(cfg.init_from)
     elif resuming:
@@ -503,10 +471,9 @@ def build_model(cfg, explicit, meta, resuming, source, log):
 
 
 def model_from_run(cfg, source, explicit, meta, log):
-    """init_from=<a run's out_dir>: a model with the weights of that run's, to fine-tune. A GPT (or an
-    encoder-decoder) whole; an encoder its body, with the head this data needs starting fresh (a
-    masked-language model's body under a classifier). Only the weights: the optimizer, the step count,
-    best_val_loss, the metrics and the random state start fresh, as for a new run."""
+    """init_from=<a run's out_dir>: a model with that run's weights, to fine-tune: a GPT (or seq2seq) whole; an encoder
+    its body, under a fresh head for this data (a masked-LM's body under a classifier). Only the weights: the
+    optimizer, the step count, best_val_loss, the metrics and the random state start fresh, as for a new run."""
     check_resumable(cfg, source, explicit, meta, source=cfg.init_from)
     args = {**source['model_args'], **training_only_settings(cfg)}
     if cfg.model_type != 'encoder':
@@ -538,8 +505,7 @@ def architecture(cfg, meta):
 
 
 def training_only_settings(cfg):
-    """This run's TRAINING_ONLY settings that its model kind has: they replace a checkpoint's on resume or
-    fine-tuning, even where an older checkpoint did not record them."""
+    """This run's TRAINING_ONLY settings of its model kind: they replace a checkpoint's, recorded there or not."""
     fields = config_fields(MODEL_CLASSES[cfg.model_type][1])
     return {k: getattr(cfg, k) for k in TRAINING_ONLY if k in fields}
 
@@ -588,23 +554,14 @@ def check_vocab_size(cfg, meta):
 
 
 def restore_run(checkpoint, model, optimizers, scaler, sampler, rank, fsdp, log):
-    """What decides what comes next, as the checkpoint left it: the optimizers' and the gradient scaler's
-    state (sharded, with the weights, under FSDP), the data order and the RNGs. Returns (iteration, best
-    validation loss, non-finite steps skipped, seconds of training)."""
+    """The optimizers' and scaler's state (under FSDP sharded, with the weights), the data order and the RNGs, as
+    the checkpoint left them. Returns (iteration, best val loss, non-finite steps skipped, seconds of training)."""
     if 'dcp' in checkpoint and fsdp:  # weights and optimizer state, each rank its shards
         load_sharded(checkpoint['dcp'], model, optimizers)
     restore_optimizers(optimizers, checkpoint, fsdp, log)
     if checkpoint.get('scaler'):  # a run without a scaler (not float16) saved {}: then a float16 one starts afresh
         scaler.load_state_dict(checkpoint['scaler'])
-    restore_randomness(checkpoint, sampler, rank, log)
-    return (checkpoint['iter_num'], checkpoint.get('best_val_loss', float('inf')), checkpoint.get('skipped_steps', 0),
-            checkpoint.get('elapsed', 0.0))
-
-
-def restore_randomness(checkpoint, sampler, rank, log):
-    """What a resumed run draws next, as the checkpoint left it: the rows (the sampler's state: a torch.Generator's
-    for sampling='random', an EpochSampler's for 'epoch') and this rank's random numbers (its dropout)."""
-    key = 'data_rng' if isinstance(sampler, torch.Generator) else 'sampler'
+    key = 'data_rng' if isinstance(sampler, torch.Generator) else 'sampler'  # sampling='random' or 'epoch'
     if key in checkpoint:
         try:
             sampler.set_state(checkpoint[key])
@@ -612,8 +569,10 @@ def restore_randomness(checkpoint, sampler, rank, log):
             log(f"{e}: epoch sampling starts a new epoch 0")
     elif 'data_rng' in checkpoint or 'sampler' in checkpoint:
         log("the checkpoint's sampling differs from this run's sampling: it starts afresh")
-    if checkpoint.get('rng'):
+    if checkpoint.get('rng'):  # this rank's random numbers (its dropout)
         set_rng_state(checkpoint['rng'][rank % len(checkpoint['rng'])])
+    return (checkpoint['iter_num'], checkpoint.get('best_val_loss', float('inf')), checkpoint.get('skipped_steps', 0),
+            checkpoint.get('elapsed', 0.0))
 
 
 def save_run(checkpoint, out_dir, model, optimizers, keep_last, fsdp, master):

@@ -1,7 +1,6 @@
-"""Training batches from prepared datasets (prepare/), for every model kind. A dataset draws the rows of a whole
-global batch (every micro-step of every rank) from one seeded generator, and each rank takes its share: the
-batches are the same whatever the number of processes, and the generator's state (or an EpochSampler's
-position) is all a checkpoint needs to continue the data stream exactly."""
+"""Training batches from prepared datasets (prepare/), for every model kind. A dataset draws the rows of a whole global
+batch (every micro-step of every rank) from one seeded generator, each rank taking its share: the batches are the same
+whatever the number of processes, and the generator's state is all a checkpoint needs to continue them exactly."""
 
 import importlib
 import math
@@ -13,7 +12,7 @@ import torch
 from distributed import any_rank, barrier
 from errors import UserError
 from model import predicted_positions
-from tokenizer import load_meta
+from tokenizer import load_meta, tokenizer_from_meta
 
 # ---------------------------------------------------------------------------
 # Finding a dataset, and preparing the small ones on first use
@@ -31,9 +30,8 @@ def data_folder(dataset):
 
 
 def prepare_if_missing(dataset, model_type, rank=0, local_rank=0, device='cpu'):
-    """The small datasets are prepared on first use: by rank 0 while the others wait, then, on nodes that
-    do not share its data/ folder, by each node's first rank. Every rank takes every collective, whatever
-    its own filesystem shows: the ranks decide together (any_rank)."""
+    """A small known dataset is prepared on first use: by rank 0 while the others wait, then by each node's first
+    rank (nodes without a shared data/). Every rank takes every collective, whatever its filesystem shows."""
     if dataset not in AUTO_PREPARED:
         return
     marker = os.path.join(data_folder(dataset), 'train.bin' if model_type == 'gpt' else 'meta.pkl')
@@ -108,13 +106,11 @@ class Batches:
         self.device = torch.device(device)
 
     def num_inputs(self, split, rows):
-        """Tokens the model reads for these rows, which tok/s and MFU count: its target tokens
-        (GPT, and the encoder-decoder's decoder), unless a dataset says otherwise."""
+        """Tokens the model reads for these rows (tok/s and MFU count them): by default its target tokens."""
         return self.num_targets(split, rows)
 
     def eval_rows(self, split, eval_iters, batch_size, seed, world):
-        """The rows of one split's evaluation, as a list of eval_iters batches: drawn by a generator seeded
-        the same at every evaluation, so that evaluations compare. (world: the ranks that share them out.)"""
+        """eval_iters batches of rows, from a generator seeded the same at every evaluation: evaluations compare."""
         return list(self.draw(split, eval_iters * batch_size, torch.Generator().manual_seed(seed)).view(eval_iters, -1))
 
     def to_device(self, *tensors):
@@ -122,6 +118,11 @@ class Batches:
         if self.device.type == 'cuda':  # pinned memory lets the copy overlap with compute
             return tuple(t if t is None else t.pin_memory().to(self.device, non_blocking=True) for t in tensors)
         return tuple(t if t is None else t.to(self.device) for t in tensors)
+
+    def pad(self, sequences, value=None):
+        """Tensors of ids -> one (len(sequences), longest) tensor, right-padded with `value` (default: pad_id)."""
+        value = self.pad_id if value is None else value
+        return torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True, padding_value=value)
 
 
 class EpochSampler:
@@ -158,13 +159,11 @@ class EpochSampler:
 
 
 def eot_id(meta):
-    """The end-of-text separator of a dataset's tokens: meta['eot_id'], its tokenizer's, or GPT-2's
-    (a dataset without meta.pkl is GPT-2 BPE, as nanoGPT's openwebtext). None if it has none."""
+    """A dataset's end-of-text token: meta's, its tokenizer's (None if none), or GPT-2's (no meta.pkl: GPT-2 BPE)."""
     if meta is None:
         return 50256
     if 'eot_id' in meta:
         return meta['eot_id']
-    from tokenizer import tokenizer_from_meta
     return getattr(tokenizer_from_meta(meta), 'eot_token', None)
 
 
@@ -178,17 +177,14 @@ def document_starts(data, eot, chunk=1 << 26):
 
 
 def pack_documents(lengths, row_len, buffer=1000, cut=True):
-    """Best-fit packing of documents (in corpus order, `buffer` at a time) into rows of row_len
-    tokens, each row beginning at a document start: a row takes the longest waiting document that
-    fits its room, again and again; when none fits, the shortest waiting one is cut to fill the
-    row (its tail is dropped). buffer=1 is greedy packing (each document in turn, the one that
-    overflows is cut). cut=False: documents stay whole (a row ends when none fits, and the last row
-    is kept however full; a document longer than row_len is still cut, alone in its row).
-    Returns (row i's segments are ptr[i]:ptr[i+1] of (document, length))."""
+    """Best-fit packing of documents (in corpus order, `buffer` at a time) into rows of row_len tokens, each row
+    beginning at a document start: a row takes the longest waiting document that fits its room, again and again;
+    when none fits, the shortest is cut to fill the row (its tail dropped). buffer=1 is greedy packing. cut=False:
+    documents stay whole (a row ends when none fits, the last one kept however full; one longer than row_len is
+    still cut, alone in its row). Returns (documents, lengths, ptr): row i's segments are ptr[i]:ptr[i+1]."""
     import bisect
     waiting, next_doc, n = [], 0, len(lengths)  # waiting: sorted (length, document)
-    docs, takes, ptr = [], [], [0]
-    room = row_len
+    docs, takes, ptr, room = [], [], [0], row_len
     while True:
         while len(waiting) < buffer and next_doc < n:
             bisect.insort(waiting, (int(lengths[next_doc]), next_doc))
@@ -214,13 +210,10 @@ def pack_documents(lengths, row_len, buffer=1000, cut=True):
 
 
 class TokenStream(Batches):
-    """GPT data: one long stream of token ids per split. A row is a window of block_size + 1
-    tokens: its inputs are the first block_size, its targets the same shifted by one token.
-
-    draw() draws rows with a torch.Generator (random, with replacement: nanoGPT's windows at any
-    offset) or with an EpochSampler (every non-overlapping window once per epoch, in a permuted
-    order). align_documents=True: a row is instead a pack of whole documents starting at a
-    document start (pack_documents); rows are then the numbers of those packs."""
+    """GPT data: one long stream of token ids per split. A row is a window of block_size + 1 tokens: its inputs
+    the first block_size, its targets the same shifted by one. Rows are drawn by a torch.Generator (nanoGPT's
+    windows at any offset, with replacement) or an EpochSampler (every non-overlapping window once an epoch).
+    align_documents=True: a row is a pack of whole documents from a document start (pack_documents), by number."""
 
     def __init__(self, data_dir, block_size, device, align_documents=False):
         super().__init__(device)
@@ -287,79 +280,8 @@ class TokenStream(Batches):
         return self._tokens_per_byte
 
 
-class SentencePairs(Batches):
-    """Seq2seq data: aligned source and target sentences (`{split}.{lang}.bin` ids with
-    `{split}.{lang}.idx` offsets). A micro-batch is padded to its longest sentence; the
-    global batch is sorted by length first (bucketing), so little of it is padding."""
-
-    def __init__(self, data_dir, block_size, device, src_lang='de', tgt_lang='en'):
-        super().__init__(device)
-        meta = load_meta(data_dir)
-        if meta is None or 'pad_id' not in meta:
-            raise UserError(f"{data_dir}/meta.pkl is missing or is not a translation dataset: run python prepare/multi30k.py")
-        self.pad_id, self.bos_id, self.eos_id = meta['pad_id'], meta['bos_id'], meta['eos_id']
-        self.data_dir, self.langs, self.block_size = data_dir, (src_lang, tgt_lang), block_size
-        dtype = token_dtype(meta)
-        self.splits = {}
-        for split in ('train', 'val'):
-            pair = []
-            for lang in (src_lang, tgt_lang):
-                ids = open_tokens(os.path.join(data_dir, f'{split}.{lang}.bin'), dtype)
-                offsets = np.fromfile(os.path.join(data_dir, f'{split}.{lang}.idx'), dtype=np.int64)
-                pair.append((ids, offsets))
-            if len(pair[0][1]) != len(pair[1][1]):
-                raise UserError(f"{data_dir}: {split}.{src_lang} and {split}.{tgt_lang} have different sentence counts")
-            self.splits[split] = pair
-
-    def sentence(self, split, side, i):
-        ids, offsets = self.splits[split][side]
-        return ids[offsets[i]:offsets[i + 1]]
-
-    def texts(self, split, n):
-        """(the first n source sentences of a split, their reference translations), as text: for BLEU."""
-        pair = []
-        for lang in self.langs:
-            with open(os.path.join(self.data_dir, f'{split}.{lang}.txt'), encoding='utf-8') as f:
-                pair.append(f.read().splitlines()[:n])
-        return pair
-
-    def target_lengths(self, split, rows):  # target tokens of each row: the sentence + <eos>, within block_size
-        offsets = self.splits[split][1][1]
-        rows = rows.numpy()
-        return np.minimum(offsets[rows + 1] - offsets[rows], self.block_size - 1) + 1
-
-    def draw(self, split, n_rows, generator):
-        rows = torch.randint(len(self.splits[split][0][1]) - 1, (n_rows,), generator=generator)
-        return rows[torch.from_numpy(np.argsort(self.target_lengths(split, rows), kind='stable'))]
-
-    def num_targets(self, split, rows):
-        return int(self.target_lengths(split, rows).sum())
-
-    def batch(self, split, rows):
-        """rows: sentence numbers -> (src, tgt_in, targets). tgt_in = <bos> y (what the decoder
-        reads), targets = y <eos> (what it must predict), -1 where the loss ignores padding."""
-        rows = rows.tolist()
-        srcs = [self.sentence(split, 0, i)[:self.block_size] for i in rows]
-        tgts = [self.sentence(split, 1, i)[:self.block_size - 1] for i in rows]
-        S, T = max(map(len, srcs)), max(map(len, tgts)) + 1
-        src = torch.full((len(rows), S), self.pad_id, dtype=torch.long)
-        tgt_in = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
-        targets = torch.full((len(rows), T), -1, dtype=torch.long)
-        for r, (s, t) in enumerate(zip(srcs, tgts)):
-            t = torch.from_numpy(t.astype(np.int64))
-            src[r, :len(s)] = torch.from_numpy(s.astype(np.int64))
-            tgt_in[r, 0], tgt_in[r, 1:len(t) + 1] = self.bos_id, t
-            targets[r, :len(t)], targets[r, len(t)] = t, self.eos_id
-        return self.to_device(src, tgt_in, targets)
-
-
-# ---------------------------------------------------------------------------
-# Encoder data: masked language modelling and sentence classification
-
-
 class Sentences:
-    """One split of sentence data: `{split}.bin`, the ids of all sentences concatenated, and
-    `{split}.idx`, int64 offsets: sentence i is ids[idx[i]:idx[i+1]]."""
+    """One split of sentences: `{split}.bin`, all their ids; `{split}.idx`, int64 offsets (i: ids[idx[i]:idx[i+1]])."""
 
     def __init__(self, data_dir, split, dtype):
         self.ids = open_tokens(os.path.join(data_dir, f'{split}.bin'), dtype)
@@ -379,6 +301,59 @@ class Sentences:
     def lengths(self, index):
         index = np.asarray(index)
         return self.offsets[index + 1] - self.offsets[index]
+
+
+class SentencePairs(Batches):
+    """Seq2seq data: aligned source and target sentences (the Sentences of `{split}.{lang}`). A micro-batch is
+    padded to its longest sentence; the global batch is sorted by length first (bucketing): little padding."""
+
+    def __init__(self, data_dir, block_size, device, src_lang='de', tgt_lang='en'):
+        super().__init__(device)
+        meta = load_meta(data_dir)
+        if meta is None or 'pad_id' not in meta:
+            raise UserError(f"{data_dir}/meta.pkl is missing or is not a translation dataset: run python prepare/multi30k.py")
+        self.pad_id, self.bos_id, self.eos_id = meta['pad_id'], meta['bos_id'], meta['eos_id']
+        self.data_dir, self.langs, self.block_size = data_dir, (src_lang, tgt_lang), block_size
+        self.splits = {}
+        for split in ('train', 'val'):
+            self.splits[split] = [Sentences(data_dir, f'{split}.{lang}', token_dtype(meta)) for lang in self.langs]
+            if len(self.splits[split][0]) != len(self.splits[split][1]):
+                raise UserError(f"{data_dir}: {split}.{src_lang} and {split}.{tgt_lang} have different sentence counts")
+
+    def sentence(self, split, side, i):
+        return self.splits[split][side][i]
+
+    def texts(self, split, n):
+        """(the first n source sentences of a split, their reference translations), as text: for BLEU."""
+        pair = []
+        for lang in self.langs:
+            with open(os.path.join(self.data_dir, f'{split}.{lang}.txt'), encoding='utf-8') as f:
+                pair.append(f.read().splitlines()[:n])
+        return pair
+
+    def target_lengths(self, split, rows):  # target tokens of each row: the sentence + <eos>, within block_size
+        return np.minimum(self.splits[split][1].lengths(rows.numpy()), self.block_size - 1) + 1
+
+    def draw(self, split, n_rows, generator):
+        rows = torch.randint(len(self.splits[split][0]), (n_rows,), generator=generator)
+        return rows[torch.from_numpy(np.argsort(self.target_lengths(split, rows), kind='stable'))]
+
+    def num_targets(self, split, rows):
+        return int(self.target_lengths(split, rows).sum())
+
+    def batch(self, split, rows):
+        """rows: sentence numbers -> (src, tgt_in = <bos> y, targets = y <eos>), padded; targets -1 at the padding."""
+        src, tgt_in, targets = [], [], []
+        for i in rows.tolist():
+            y = torch.from_numpy(self.sentence(split, 1, i)[:self.block_size - 1].astype(np.int64))
+            src.append(torch.from_numpy(self.sentence(split, 0, i)[:self.block_size].astype(np.int64)))
+            tgt_in.append(torch.cat([torch.tensor([self.bos_id]), y]))
+            targets.append(torch.cat([y, torch.tensor([self.eos_id])]))
+        return self.to_device(self.pad(src), self.pad(tgt_in), self.pad(targets, -1))
+
+
+# ---------------------------------------------------------------------------
+# Encoder data: masked language modelling and sentence classification
 
 
 class EncoderBatches(Batches):
@@ -402,25 +377,18 @@ class EncoderBatches(Batches):
         return torch.from_numpy(np.concatenate([[self.cls_id], sentence, [self.sep_id]]))
 
     def by_length(self, split, rows, index):
-        """rows sorted by the length of their sentences (index[k] is row k's sentence), so that the
-        micro-batches cut from them hold sentences of similar lengths: little padding."""
+        """rows sorted by sentence length (index[k] is row k's sentence): the micro-batches cut from them pad little."""
         return rows[torch.from_numpy(np.argsort(self.splits[split].lengths(index), kind='stable'))]
-
-    def pad(self, sequences):
-        """Tensors of ids -> one (len(sequences), longest) tensor, right-padded with [PAD]."""
-        return torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True, padding_value=self.pad_id)
 
 
 MASK_SEED_BITS = 31  # a masked-LM row is (sentence number << 31) | the seed of its mask: see MaskedSentences
 
 
 def mask_tokens(tokens, draws, replacements, mask_prob, mask_id, special_ids):
-    """BERT's masking of a batch of sequences (tokens: (rows, n) long), given two uniform draws per
-    position (draws: (2, rows, n)) and a random token for each (replacements: like tokens). Each token
-    that is not special ([CLS], [SEP], [PAD], ...) is chosen with probability mask_prob; a chosen token
-    becomes [MASK] 80% of the time, a random token 10%, and stays itself 10% (so the model must make a
-    guess at every position, not only at [MASK]). Returns (inputs, targets): targets hold the original
-    ids at the chosen positions and -1 elsewhere, so the loss counts only those."""
+    """BERT's masking of tokens (rows, n), given two uniform draws per position (draws: (2, rows, n)) and a random
+    token for each (replacements). A token that is not special ([CLS], [SEP], [PAD], ...) is chosen with probability
+    mask_prob and becomes [MASK] 80% of the time, a random token 10%, itself 10% (so the model guesses at every
+    position, not only at [MASK]). Returns (inputs, targets): targets the original ids where chosen, -1 elsewhere."""
     choice, how = draws
     chosen = (choice < mask_prob) & ~torch.isin(tokens, special_ids)
     inputs = torch.where(chosen & (how < 0.8), mask_id, tokens)
@@ -429,17 +397,13 @@ def mask_tokens(tokens, draws, replacements, mask_prob, mask_id, special_ids):
 
 
 class MaskedSentences(EncoderBatches):
-    """Masked-language-model data (prepare/mlm_corpus.py): unlabelled sentences.
+    """Masked-language-model data (prepare/mlm_corpus.py): unlabelled sentences. pack_sentences=True: a row is
+    [CLS] s_i [SEP] s_i+1 [SEP] ..., consecutive sentences from a random one on, cut at block_size (RoBERTa's "full
+    sentences": almost no padding); False: one sentence, [CLS] s_i [SEP], padded to the longest of its micro-batch.
 
-    pack_sentences=True: a row is [CLS] s_i [SEP] s_i+1 [SEP] ..., consecutive sentences from a
-    random one on, cut at block_size (RoBERTa's "full sentences": almost no padding).
-    pack_sentences=False: a row is one sentence, [CLS] s_i [SEP], padded to the longest of its
-    micro-batch (the global batch is sorted by length first).
-
-    Dynamic masking: a row is one int64, its sentence number shifted left by 31 bits and a random
-    31-bit seed below, both drawn by sample() from the run's generator. The seed decides the row's
-    mask (mask_tokens), so a sentence gets a fresh mask every time it is drawn, while a resumed run,
-    every rank and num_targets all see the same masks."""
+    Dynamic masking: a row is one int64, its sentence number << 31 | a random 31-bit seed, both drawn by draw() from
+    the run's generator. The seed decides the row's mask (mask_tokens): a sentence gets a fresh mask every time it
+    is drawn, while a resumed run, every rank and num_targets all see the same masks."""
 
     def __init__(self, data_dir, block_size, device, mask_prob=0.15, pack_sentences=True):
         super().__init__(data_dir, block_size, device, ('mask_id', 'cls_id', 'sep_id', 'pad_id'), 'mlm_corpus.py')
@@ -480,9 +444,8 @@ class MaskedSentences(EncoderBatches):
         return rows if self.pack_sentences else self.by_length(split, rows, index.numpy())
 
     def masked(self, split, rows):
-        """rows -> (inputs, targets), both (len(rows), longest row), each row masked by its own seed (so
-        a row's mask does not depend on the rows beside it). Kept for the batches drawn lately: a step
-        asks for the global batch twice (its targets and inputs) and for each micro-batch twice."""
+        """rows -> (inputs, targets), (len(rows), longest row), each row masked by its own seed. Kept for the last
+        batches: a step asks for the global batch twice (its targets and inputs) and for each micro-batch twice."""
         key = (split, rows.numpy().tobytes())
         if key not in self.recent:
             if len(self.recent) >= 16:
@@ -494,10 +457,9 @@ class MaskedSentences(EncoderBatches):
         return self.recent[key]
 
     def random_draws(self, rows, width):
-        """What mask_tokens needs for these rows, from each row's own seed: (2, rows, width) uniforms
-        and (rows, width) random tokens. The only per-row work left in Python: the masking itself runs
-        on the whole batch (3.5 ms for 128 rows of 128 tokens on a 2-core CPU, against 21-33 ms row by
-        row; on an H200 a pretraining step went from 35-40 to 20-26 ms: README, One GPU)."""
+        """What mask_tokens needs, from each row's own seed: (2, rows, width) uniforms and (rows, width) random
+        tokens. The only per-row Python left: masking the whole batch takes 3.5 ms for 128 rows of 128 tokens on a
+        2-core CPU, against 21-33 ms row by row; on an H200 a pretraining step went from 35-40 to 20-26 ms (README)."""
         uniforms, picks = [], []
         for row in rows.tolist():
             self.generator.manual_seed(row & (2 ** MASK_SEED_BITS - 1))
@@ -512,23 +474,18 @@ class MaskedSentences(EncoderBatches):
         return int((self.masked(split, rows)[0] != self.pad_id).sum())
 
     def batch(self, split, rows):
-        """rows -> (inputs, targets, None, predict_at), as Encoder.forward takes them: inputs and targets
-        (len(rows), longest row), inputs with the masks applied, targets the original ids at the chosen
-        positions and -1 elsewhere (padding included); no position_ids (a row is read whole); predict_at
-        the chosen positions' flat indices, found here on the host (model.predicted_positions)."""
+        """rows -> (inputs, targets, None, predict_at) for Encoder.forward: no position_ids (a row is read whole);
+        predict_at the chosen positions' flat indices, found here on the host (model.predicted_positions)."""
         inputs, targets = self.masked(split, rows)
         return self.to_device(inputs, targets, None, predicted_positions(targets != -1))
 
 
 class LabelledSentences(EncoderBatches):
-    """Sentence classification data (prepare/sst2.py): a row is [CLS] sentence [SEP], padded to the
-    longest of its micro-batch (the global batch is sorted by length first); its target is the
-    sentence's class number, from `{split}.labels` (int64; meta['label_names'] names them).
-
-    pack_sentences=True: a micro-batch's sentences are packed into as few rows of block_size as
-    pack_documents finds, with position_ids that restart at each [CLS] (the model reads each
-    sentence apart, Encoder.encode): the same numbers as one sentence a row, without the padding
-    (a random batch of SST-2 phrases is ~3x padding): faster steps (1.3-1.6x in the CPU recipe, README)."""
+    """Sentence classification data (prepare/sst2.py): a row is [CLS] sentence [SEP], padded to the longest of its
+    micro-batch; its target the sentence's class, from `{split}.labels` (int64; meta['label_names'] names them).
+    pack_sentences=True: a micro-batch's sentences are packed into as few rows of block_size as pack_documents
+    finds, position_ids restarting at each [CLS] (Encoder.encode reads each sentence apart): the same numbers without
+    the padding (a random batch of SST-2 phrases is ~3x padding): 1.3-1.6x faster steps in the CPU recipe (README)."""
 
     def __init__(self, data_dir, block_size, device, pack_sentences=False):
         super().__init__(data_dir, block_size, device, ('n_classes', 'label_names', 'cls_id', 'sep_id', 'pad_id'),
@@ -566,9 +523,8 @@ class LabelledSentences(EncoderBatches):
         return int(lengths.sum()) + 2 * len(rows)
 
     def batch(self, split, rows):
-        """rows: sentence numbers -> (tokens (len(rows), longest), labels (len(rows),)), or packed:
-        (tokens (packed rows, longest), labels in the sentences' packed order, position_ids like tokens,
-        predict_at: the flat indices of the [CLS]s, found here on the host as model.predicted_positions does)."""
+        """rows: sentence numbers -> (tokens (len(rows), longest), labels), or packed: (tokens (packed rows, longest),
+        labels in packed order, position_ids, predict_at: the [CLS]s' flat indices, found here on the host)."""
         sentences = [self.framed(split, i) for i in rows.tolist()]
         if not self.pack_sentences:
             return self.to_device(self.pad(sentences), self.labels[split][rows])
@@ -582,6 +538,5 @@ class LabelledSentences(EncoderBatches):
 
     @staticmethod
     def positions_in_row(lengths, width):
-        """Each sentence's positions, from 0; the last sentence's run on over the row's padding (never 0
-        there, so no [CLS] is seen in it)."""
+        """Each sentence's positions from 0; the last one's run on over the padding (never 0 there: no [CLS] seen)."""
         return torch.cat([torch.arange(n) for n in lengths[:-1]] + [torch.arange(width - sum(lengths[:-1]))])

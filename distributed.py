@@ -59,9 +59,8 @@ def micro_steps(ranks, gradient_accumulation_steps, eval_iters, fsdp):
 
 
 def data_parallel(model, ranks, device_type):
-    """The model wrapped in DDP, which all-reduces the gradients in the backward pass. Its buffers (position
-    tables) are constants: not broadcast in every forward, which would also hang an evaluation whose ranks
-    run different numbers of forwards."""
+    """The model wrapped in DDP (all-reduced gradients). Its buffers (position tables) are constants: not broadcast
+    in every forward, which would also hang an evaluation whose ranks run different numbers of forwards."""
     from torch.nn.parallel import DistributedDataParallel as DDP
     no_sync = {'forward_sync_buffers' if 'forward_sync_buffers' in inspect.signature(DDP).parameters
                else 'broadcast_buffers': False}  # torch 2.13 renamed it
@@ -83,9 +82,8 @@ def agree_to_stop(stop, elapsed, ranks, device):
 
 
 def rank0_decides(decide):
-    """decide() run on rank 0 alone and its result given to every rank, so that no two ranks take different
-    branches (a shared filesystem may show them different things). Without a process group: decide().
-    A UserError on rank 0 is raised on every rank."""
+    """decide() run on rank 0 alone, its result (or UserError) given to every rank, so that no two ranks take
+    different branches (a shared filesystem may show them different things). Without a process group: decide()."""
     if not dist.is_initialized():
         return decide()
     answer = [None]

@@ -49,8 +49,7 @@ class RunLog:
         self.record(iter_num, elapsed, train_loss=train_loss, val_loss=val_loss, lr=lr, **metrics)
 
     def progress(self, iter_num, elapsed, loss, tokens, dt, mfu, first, **metrics):
-        """The "iter N: loss" line and its record: dt seconds a step, the MFU averaged from this process's
-        `first` line on (0.9 of the average, 0.1 of the new figure)."""
+        """The "iter N: loss" line and its record; the MFU averaged (0.9 old, 0.1 new) from this process's first."""
         self.running_mfu = mfu if first else 0.9 * self.running_mfu + 0.1 * mfu
         self.line(f"iter {iter_num}: loss {loss:.4f}, time {dt * 1000:.2f}ms, "
                   f"{tokens / dt:,.0f} tok/s, mfu {self.running_mfu * 100:.2f}%")

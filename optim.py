@@ -7,13 +7,11 @@ from errors import UserError
 
 
 class NonFiniteSteps:
-    """A step whose loss or gradients are not finite (NaN, inf) is skipped rather than ruin the weights, and
-    max_skipped_steps of them in a row stop the run. The check and its counts stay on the device, so that
-    no step waits to learn whether it was finite: fused AdamW skips on the device, given the flag as
-    `found_inf` (the attribute float16's GradScaler sets for it); Muon and unfused AdamW (MPS) read it, one
-    sync a step. The counts are read with the log line: a diverged run stops there, not at the step itself.
-    With float16's scaler, overflowing gradients are how it finds its scale: it skips those steps itself,
-    and only a non-finite loss counts."""
+    """A step whose loss or gradients are not finite (NaN, inf) is skipped rather than ruin the weights;
+    max_skipped_steps in a row stop the run. Checks and counts stay on the device, so no step waits to learn if it
+    was finite: fused AdamW skips on the device, given the flag as `found_inf` (as float16's GradScaler sets it);
+    Muon and unfused AdamW (MPS) read it, one sync a step. The counts are read with the log line: a diverged run stops
+    there. float16's scaler skips overflowing steps itself (how it finds its scale): only a non-finite loss counts."""
 
     def __init__(self, device, scaler, limit):
         self.scaler, self.limit, self.skipped = scaler, limit, 0
@@ -74,9 +72,8 @@ def restore_optimizers(optimizers, checkpoint, fsdp, log):
 
 
 def keep_fused(optimizer):
-    """After load_state_dict: the fused kernels as this device decided them (configure_optimizers),
-    not as the saved run's device did (load_state_dict restores the saved `fused` flag: a checkpoint
-    from MPS would resume unfused on CUDA, and fail the fused step that float16's scaler expects)."""
+    """After load_state_dict: the fused kernels as this device decided them, not as the saved run's did (a
+    checkpoint from MPS would resume unfused on CUDA, and fail the fused step that float16's scaler expects)."""
     fused = optimizer.defaults.get('fused')
     if fused is None:  # an optimizer without fused kernels (Muon)
         return

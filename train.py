@@ -1,5 +1,4 @@
-"""
-Train a GPT, an encoder-decoder or an encoder. One process:
+"""Train a GPT, an encoder-decoder or an encoder. One process:
 
     python train.py                                    # tiny Shakespeare, characters, best device
     python train.py config/train_shakespeare_char.py --device=cpu --compile=False --max_iters=100
@@ -11,10 +10,8 @@ Several processes with DDP (the global batch is the same whatever their number):
     torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=123.456.123.456 --master_port=1234 train.py
     # and on the second the same with --node_rank=1
 
-Settings are the module-level variables below (`python train.py --help` lists them); see configurator.py
-for how they are overridden. The loop gets them as one Settings object, `cfg`. Where a run starts (a new
-model, GPT-2, another run's weights, a resume) is checkpoint.py's part; the processes, distributed.py's.
-"""
+Settings are the module-level variables below (`python train.py --help` lists them; configurator.py overrides them),
+one Settings object `cfg` in the loop. Where a run starts is checkpoint.py's part; the processes, distributed.py's."""
 
 import math
 import signal
@@ -132,12 +129,7 @@ def request_stop(signum, frame):
 
 
 class Settings(SimpleNamespace):
-    """A run's settings as attributes, `cfg.batch_size`: DEFAULTS with the config files and flags
-    applied, `Settings(**config)`. Everything below takes it as an argument; no function reads the
-    module-level defaults."""
-
-    def as_dict(self):
-        return dict(vars(self))
+    """A run's settings as attributes (`cfg.batch_size`): DEFAULTS, config files, flags; no function reads DEFAULTS."""
 
 
 def validate_settings(cfg):
@@ -221,7 +213,7 @@ class Trainer:
         self.resuming = distributed.rank0_decides(lambda: resumes(cfg))
         replaces = distributed.rank0_decides(lambda: claim_out_dir(cfg, self.resuming))
         source = adopt_architecture(cfg, explicit, self.resuming)  # before the data: block_size cuts it
-        self.config = cfg.as_dict()  # saved in checkpoints, given to wandb
+        self.config = dict(vars(cfg))  # saved in checkpoints, given to wandb
         if self.device_type == 'cpu':
             keep_freed_memory()
         # dropout differs per rank; DDP copies rank 0's initial weights, FSDP needs them equal on every rank
@@ -229,8 +221,7 @@ class Trainer:
         torch.set_float32_matmul_precision('high')  # TF32 matmuls on GPUs that have them
         self.ptdtype, self.autocast = DTYPES[self.dtype], autocast(self.device_type, self.dtype)
         self.meta, self.data = self.load_data()
-        # what the rows are drawn with, the same on every rank (one global batch): a seeded generator
-        # (random windows), or an EpochSampler (sampling='epoch'); its state goes in the checkpoint
+        # what the rows are drawn with, the same on every rank (one global batch); its state goes in the checkpoint
         self.sampler = EpochSampler(self.data.num_rows('train'), cfg.seed) if cfg.sampling == 'epoch' \
             else torch.Generator().manual_seed(cfg.seed)
         self.iter_num, self.best_val_loss, self.elapsed = 0, float('inf'), 0.0
@@ -240,7 +231,6 @@ class Trainer:
         self.peak = peak_flops(self.device, self.ptdtype) if self.master else 1.0
         if self.master and replaces:  # overwrite=True, and the run is ready to start: the old run goes
             remove_checkpoints(cfg.out_dir)
-        self.evaluation = Evaluation(cfg, self.data, self.meta, self.ranks, self.device, self.autocast)
         self.out.start(cfg, checkpoint, self.config)
 
     def prepare_model(self, checkpoint):
@@ -269,8 +259,7 @@ class Trainer:
             self.model = distributed.data_parallel(self.model, self.ranks, self.device_type)
 
     def load_data(self):
-        """(meta or None, batches) of the dataset, prepared first if it is a small known one.
-        A method so that bench.py can swap in random tokens."""
+        """(meta or None, batches), a small known dataset prepared first; a method: bench.py swaps in random tokens."""
         prepare_if_missing(self.cfg.dataset, self.cfg.model_type, self.rank, self.ranks.local_rank, self.device)
         meta = load_meta(data_folder(self.cfg.dataset))
         return meta, load_dataset(self.cfg, self.device, meta, self.log)
@@ -361,7 +350,7 @@ class Trainer:
 
     def evaluate_and_save(self):
         """The evaluation logged and recorded; a checkpoint saved when it is the best yet (or always_save_checkpoint)."""
-        train_loss, val_loss, metrics = self.evaluation.run(self.model, self.raw_model, self.master)
+        train_loss, val_loss, metrics = self.evaluate()
         self.out.evaluation(self.iter_num, self.elapsed, train_loss, val_loss, lr=self.lr, **metrics)
         if val_loss < self.best_val_loss or self.cfg.always_save_checkpoint:
             self.best_val_loss = min(self.best_val_loss, val_loss)
@@ -387,9 +376,8 @@ class Trainer:
         self.log(f"saving checkpoint to {self.cfg.out_dir}")
 
     def log_progress(self, loss_sum, tokens, grad_norm, dt, first):
-        """The "iter N: loss" line (RunLog.progress). dt: seconds a step since the last line; first: this
-        process's first line. The loss, the gradient norm and the non-finite counts come to the host
-        together: the one host sync of the steps since the last line."""
+        """The "iter N: loss" line. dt: seconds a step since the last; first: this process's first line. The loss, the
+        gradient norm and the non-finite counts come to the host together: the one host sync since the last line."""
         values = torch.cat([distributed.all_sum(loss_sum).view(1), grad_norm.float().view(1), self.non_finite.read()])
         loss, grad_norm, new_skipped, in_a_row = values.tolist()
         self.non_finite.report(new_skipped, in_a_row, self.iter_num, self.cfg.out_dir, self.log)
@@ -403,51 +391,44 @@ class Trainer:
         task = {'mask_prob': self.cfg.mask_prob} if isinstance(self.data, MaskedSentences) else {}
         return self.raw_model.estimate_mfu(tokens / self.world, dt, self.peak, **task)
 
-
-class Evaluation:
-    """What a run measures at each evaluation, on both splits: the loss per target token over the same
-    batches every time (data.eval_rows), shared out among the ranks; where they apply, an encoder's
-    accuracy, a GPT's bits per byte (a loss that does not depend on the tokenizer) and a translator's BLEU."""
-
-    def __init__(self, cfg, data, meta, ranks, device, autocast):
-        self.cfg, self.data, self.meta, self.ranks, self.device, self.autocast = cfg, data, meta, ranks, device, autocast
-
-    def run(self, model, raw_model, master):
-        """(train loss, val loss, {the other figures}). raw_model: the model without DDP's wrapper."""
+    def evaluate(self):
+        """(train loss, val loss, {the other figures}): the loss per target token over the same batches every time
+        (data.eval_rows), shared out among the ranks; where they apply, an encoder's accuracy, a GPT's bits per byte
+        (a loss that does not depend on the tokenizer) and a translator's BLEU."""
         cfg = self.cfg
-        losses = self.losses(model, raw_model)
+        losses = self.losses()
         train_loss, val_loss = losses.pop('train'), losses.pop('val')
         if cfg.model_type == 'gpt':
             losses['val_bpb'] = val_loss * self.data.tokens_per_byte(data_tokenizer(self.meta)) / math.log(2)
-        if cfg.model_type == 'seq2seq' and master and cfg.bleu_sentences > 0:
-            raw_model.eval()
+        if cfg.model_type == 'seq2seq' and self.master and cfg.bleu_sentences > 0:
+            self.raw_model.eval()
             with self.autocast:  # greedy translations of the first validation sentences
                 sources, references = self.data.texts('val', cfg.bleu_sentences)
-                hypotheses = generate.translate(raw_model, sources, data_tokenizer(self.meta), device=self.device)
-            raw_model.train()
+                hypotheses = generate.translate(self.raw_model, sources, data_tokenizer(self.meta), device=self.device)
+            self.raw_model.train()
             losses['bleu'] = generate.bleu_score(hypotheses, references).score
         return train_loss, val_loss, losses
 
     @torch.no_grad()
-    def losses(self, model, raw_model):
-        model.eval()
+    def losses(self):
+        cfg = self.cfg
+        self.model.eval()
         out = {}
-        rank, world = self.ranks.rank, self.ranks.world
         for split in ('train', 'val'):
-            batches = self.data.eval_rows(split, self.cfg.eval_iters, self.cfg.batch_size, self.cfg.seed + 1, world)
+            batches = self.data.eval_rows(split, cfg.eval_iters, cfg.batch_size, cfg.seed + 1, self.world)
             loss_sum, correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
-            for rows in batches[rank::world]:
+            for rows in batches[self.rank::self.world]:
                 batch = self.data.batch(split, rows)
                 with self.autocast:
-                    logits, loss = model(*batch)
+                    logits, loss = self.model(*batch)
                 loss_sum += loss.float() * self.data.num_targets(split, rows)
-                if self.cfg.model_type == 'encoder':
-                    correct += raw_model.count_correct(logits, batch[1])
+                if cfg.model_type == 'encoder':
+                    correct += self.raw_model.count_correct(logits, batch[1])
             num_targets = self.data.num_targets(split, torch.cat(batches)) or float('nan')  # none: no loss to report
             out[split] = distributed.all_sum(loss_sum).item() / num_targets
-            if self.cfg.model_type == 'encoder' and split == 'val':
+            if cfg.model_type == 'encoder' and split == 'val':
                 out['val_acc'] = distributed.all_sum(correct).item() / num_targets
-        model.train()
+        self.model.train()
         return out
 
 
