@@ -106,10 +106,9 @@ def documented_settings(path, names):
     found = []  # (line, end line, name)
     for node in ast.parse(source).body:
         if isinstance(node, ast.Assign):
+            found += [(node.lineno, node.end_lineno, target.id) for target in node.targets
+                      if isinstance(target, ast.Name) and target.id in names]
             value = node.value
-            for target in node.targets:
-                if isinstance(target, ast.Name) and target.id in names:
-                    found.append((node.lineno, node.end_lineno, target.id))
             if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == 'dict':
                 found += [(kw.value.lineno, kw.value.end_lineno, kw.arg) for kw in value.keywords if kw.arg in names]
     result, section = [], ''

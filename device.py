@@ -1,6 +1,5 @@
-"""Hardware: which device and dtype to run on, how fast the device can go, and the speed-ups that only pay on
-some hardware. model.py stays plain PyTorch; `speed_up(model, ...)` applies each speed-up here to a built model;
-each says what it gains where it was measured, and has a test that it gives the numbers of the plain code."""
+"""Hardware: which device and dtype to run on, how fast the device can go, and the speed-ups that pay on some hardware
+(`speed_up(model, ...)`): each says what it gained where measured; a test checks it gives the plain code's numbers."""
 
 import ctypes
 import math
@@ -17,8 +16,7 @@ from errors import UserError
 
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
-# ---------------------------------------------------------------------------
-# Device and dtype
+# --- Device and dtype --------------------------------------------------------
 
 
 def resolve_device(name):
@@ -37,11 +35,6 @@ def resolve_device(name):
     return name
 
 
-def cuda_has_bf16():
-    """bf16 in hardware (compute capability 8.0+); torch's default also says True where it is emulated (V100, T4)."""
-    return torch.cuda.is_bf16_supported(including_emulation=False)
-
-
 def cpu_has_bf16():
     """Whether this CPU computes in bf16 (AVX512-BF16 or AMX): there bf16 matmuls are ~2x float32's speed."""
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
@@ -51,14 +44,13 @@ def training_dtype(dtype, device_type):
     """'auto': bf16 where the hardware computes in it, float16 (with a gradient scaler) on older GPUs, else float32."""
     if dtype != 'auto':
         return dtype
-    if device_type == 'cuda':
-        return 'bfloat16' if cuda_has_bf16() else 'float16'
+    if device_type == 'cuda':  # bf16 in hardware (8.0+): torch's default also says True where emulated (V100, T4)
+        return 'bfloat16' if torch.cuda.is_bf16_supported(including_emulation=False) else 'float16'
     return 'bfloat16' if device_type == 'cpu' and cpu_has_bf16() else 'float32'
 
 
-def inference_dtype(dtype, device_type):
-    """Generation reads each weight once per token: half-size ones are read twice as fast; float16 needs no scaler."""
-    return training_dtype(dtype, device_type)
+# generation reads each weight once per token: half-size ones are read twice as fast; float16 needs no scaler
+inference_dtype = training_dtype
 
 
 def autocast(device_type, dtype):
@@ -94,8 +86,7 @@ def keep_freed_memory():
     return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
 
-# ---------------------------------------------------------------------------
-# Peak FLOP/s of the device, for MFU
+# --- Peak FLOP/s of the device, for MFU --------------------------------------
 
 # Dense bf16/fp16 tensor-core FLOP/s with float32 accumulation (what PyTorch uses), from the vendors' data sheets.
 # torch.cuda.get_device_name's longest key wins ('NVIDIA H100 NVL': 'H100 NVL', not 'H100'); no key: measured instead.
@@ -123,8 +114,7 @@ def synchronize(device):
         torch.mps.synchronize()
 
 
-# (matrix size, matmuls between two syncs) for measuring a peak: on a GPU the matrices must be
-# large and several must run between syncs, or launch and sync overhead dominate the clock
+# (matrix size, matmuls between syncs) to measure a peak: a GPU needs large ones, several a sync, or overhead dominates
 PEAK_MATMULS = {'cpu': (1024, 1), 'gpu': (8192, 8)}
 
 
@@ -132,9 +122,8 @@ def measured_peak_flops(device, dtype):
     """Best FLOP/s of large matmuls on this device: the practical peak where no data sheet applies."""
     device = torch.device(device)
     n, repeats = PEAK_MATMULS['cpu' if device.type == 'cpu' else 'gpu']
-    # random, not constant: a GPU multiplies constant matrices ~10% faster than real ones (fewer bits flip,
-    # less power, higher clocks), which made MFU read that much low. Drawn from a generator of its own, so
-    # that the global random stream, which a resumed run has just restored (its dropout masks), stays put
+    # random, not constant: a GPU multiplies constant matrices ~10% faster (fewer bits flip, higher clocks). From a
+    # generator of its own, so that the global random stream, just restored by a resumed run, stays put
     a = torch.randn(n, n, device=device, dtype=dtype, generator=torch.Generator(device).manual_seed(0))
     best = float('inf')
     for _ in range(4):
@@ -155,8 +144,7 @@ def peak_flops(device, dtype):
     return measured_peak_flops(device, dtype)
 
 
-# ---------------------------------------------------------------------------
-# Speed-ups for particular hardware, applied to a built model
+# --- Speed-ups for particular hardware, applied to a built model -------------
 
 
 class ReLUSquaredFunction(torch.autograd.Function):
@@ -175,15 +163,12 @@ class ReLUSquaredFunction(torch.autograd.Function):
         return grad.mul(r).mul_(2)
 
 
-def fast_relu_squared(x):
-    """model.relu_squared with the hand-written gradient above."""
-    return ReLUSquaredFunction.apply(x)
+fast_relu_squared = ReLUSquaredFunction.apply  # model.relu_squared with the hand-written gradient above
 
 
 class Float32Attention:
-    """An attention formula run in float32 under CPU autocast: on a CPU, bf16 attention trains several times slower
-    than float32's (no bf16 kernels for its small matmuls and softmax), while the projections around it keep their
-    ~2x bf16 gain. A plain callable, as the formula it wraps (model.Attention.formula)."""
+    """An attention formula (model.Attention.formula) run in float32 under CPU autocast: there bf16 attention trains
+    several times slower (no bf16 kernels for its small matmuls and softmax); projections keep their ~2x bf16 gain."""
 
     def __init__(self, formula):
         self.formula = formula
@@ -196,8 +181,7 @@ class Float32Attention:
 
 
 def orthogonalised(update, coefficients, steps, eps):
-    """Muon's Newton-Schulz iterations, as torch.optim.Muon runs them but in float32: the matrix
-    nearest to `update` with all singular values ~1 (a quintic iteration on X X^T)."""
+    """Muon's Newton-Schulz iterations (quintic, on X X^T) as torch's, in float32: `update` with singular values ~1."""
     a, b, c = coefficients
     wide = update.size(0) <= update.size(1)  # iterate on the smaller Gram matrix
     x = update.float() if wide else update.float().T
@@ -219,10 +203,9 @@ def muon_lr_scale(adjust_lr_fn, shape):
 
 
 class Float32Muon(torch.optim.Muon):
-    """torch.optim.Muon with its Newton-Schulz iterations in float32 instead of bf16. A CPU without bf16 arithmetic
-    emulates bf16 matmuls: there one Muon step of a 4 x 128 model takes ~950 ms with torch's, ~27 ms with this one
-    (a 2-core EPYC without AVX512-BF16), which made the CPU recipe's steps ~7x slower. Same settings, state and
-    update rule as torch's (momentum, Nesterov, decoupled weight decay, learning-rate scaling by shape)."""
+    """torch.optim.Muon with its Newton-Schulz iterations in float32, not bf16, which a CPU without bf16 arithmetic
+    emulates: one step of a 4 x 128 model ~950 ms with torch's, ~27 ms with this (2-core EPYC without AVX512-BF16).
+    Same settings, state and update as torch's (momentum, Nesterov, decoupled weight decay, lr scaling by shape)."""
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -250,9 +233,8 @@ def muon_class(device_type):
 
 @contextmanager
 def one_token_kernels(tokens):
-    """Run a step that feeds one token of one sequence with PyTorch's own matrix-vector kernels
-    on a CPU: there, with bf16 weights, they stream the weights ~1.7x faster than oneDNN's matmul
-    (measured on an AVX512-BF16 CPU), which stays the faster choice for any step with more rows."""
+    """Run a step that feeds one token of one sequence on a CPU with PyTorch's own matrix-vector kernels: with bf16
+    weights they stream them ~1.7x faster than oneDNN's matmul (AVX512-BF16 CPU), still faster for more rows."""
     enabled = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = enabled and not (tokens.device.type == 'cpu' and tokens.numel() == 1)
     try:
@@ -279,20 +261,17 @@ def generation_step(net):
 
 
 def no_attention_plans_per_shape():
-    """Turn off cuDNN's attention kernel (process-wide). torch tries it first on Hopper and newer GPUs, and
-    it builds an execution plan for every new shape: generation has a new length at each step, and
-    seq2seq and encoder batches are padded to their longest sentence. Greedy sampling on an H200 paid
-    35-50 ms per new length for it, whatever the model's size (19-27 tok/s, against ~500 tok/s once every
-    length had been seen). Flash and memory-efficient attention need no plan."""
+    """Turn off cuDNN's attention kernel (process-wide): torch tries it first on Hopper and newer GPUs, and it plans
+    every new shape (each new length in generation; batches padded to their longest sentence). Greedy sampling on an
+    H200 paid 35-50 ms a new length, any model size (19-27 tok/s, ~500 once all were seen). Flash needs no plan."""
     torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 class PackedLinear(nn.Module):
-    """A Linear for inference whose weight oneDNN has laid out once, in the blocked order its matrix kernel reads:
-    a plain Linear's float32 matmul re-lays the weight out on every call. Measured on a 2-core AVX2 EPYC, float32,
-    the same tokens as the plain model: sampling the 6x384 Shakespeare model 18% faster with one row, 26% with ten
-    (medians of six alternating rounds); GPT-2 124M 12% and ~1.9x; a forward of 8 x 256 tokens 20%. The packed
-    weight is a copy that an optimizer would not see: for inference only."""
+    """A Linear whose weight oneDNN has laid out once, in the blocked order its kernel reads (a plain Linear's float32
+    matmul does it every call). On a 2-core AVX2 EPYC, float32, the same tokens: sampling the 6x384 Shakespeare model
+    18% faster with one row, 26% with ten (medians of six alternating rounds); GPT-2 124M 12% and ~1.9x; a forward of
+    8 x 256 tokens 20%. The packed weight is a copy that an optimizer would not see: for inference only."""
 
     def __init__(self, linear):
         super().__init__()
@@ -319,9 +298,8 @@ def swap_modules(net, replacement):
 
 
 def pack_for_inference(net, device_type, dtype):
-    """Replace each nn.Linear of a model that will only be run (sample.py, not train.py) by a
-    PackedLinear, where packs_weights says it pays. The replaced weights are freed, except a weight
-    tied to an embedding, which that embedding keeps (GPT-2 124M: +154 MB for its output head). Returns net."""
+    """Replace each nn.Linear of a model that will only be run (sample.py) by a PackedLinear, where packs_weights says
+    it pays. The replaced weights are freed, except one tied to an embedding (GPT-2 124M: +154 MB). Returns net."""
     if not packs_weights(device_type, dtype):
         return net
     return swap_modules(net, lambda module: PackedLinear(module) if isinstance(module, nn.Linear) else None)

@@ -1,19 +1,13 @@
 """
-Transformers in one file, built from one set of parts. Read it top to bottom:
-
-  configuration -> token embedding and positions (learned, sinusoidal, rotary) -> attention (masks,
-  heads, the formula, self- and cross-attention) -> MLP -> block -> the stack -> the models.
-
+Transformers in one file, built from one set of parts: read it top to bottom, from the configuration and the embedding
+through attention, MLP, block and stack to the models:
 - GPT: decoder-only language model, GPT-2 compatible by default (loads its weights).
 - Seq2SeqTransformer: the encoder-decoder of "Attention Is All You Need", for translation.
 - Encoder: encoder-only (BERT-style): masked-language-model pretraining, then sentence classification.
 
-Generation (KV cache, sampling, greedy and beam search) lives in generate.py; device and dtype
-choice, peak FLOPs and hardware-specific speed-ups in device.py. This file is plain PyTorch.
-
-References: GPT-2 (Radford et al. 2019), "Attention Is All You Need" (Vaswani et al. 2017), BERT
-(Devlin et al. 2019), nanoGPT (Karpathy). Modern options (RoPE, RMSNorm, QK-norm, ReLU², SwiGLU) are
-off by default so that GPT-2 checkpoints load unchanged.
+Generation (KV cache, sampling, greedy and beam search) lives in generate.py, hardware-specific speed-ups in device.py.
+References: GPT-2 (Radford et al. 2019), "Attention Is All You Need" (Vaswani et al. 2017), BERT (Devlin et al. 2019),
+nanoGPT (Karpathy). Modern options (RoPE, RMSNorm, QK-norm, ReLU², SwiGLU) are off by default: GPT-2 weights load.
 """
 
 import inspect
@@ -26,8 +20,7 @@ import torch.nn as nn
 import torch.utils.checkpoint
 from torch.nn import functional as F
 
-# ---------------------------------------------------------------------------
-# Configuration
+# --- Configuration -----------------------------------------------------------
 
 
 @dataclass
@@ -107,14 +100,12 @@ def config_fields(config_class):
     return {f.name for f in fields(config_class)}
 
 
-# ---------------------------------------------------------------------------
-# Token embedding and positions: attention itself is blind to order, so each token is told where it is
+# --- Token embedding and positions: attention itself is blind to order, so each token is told where it is ---
 
 
 class TokenEmbedding(nn.Embedding):
-    """Token ids -> vectors, one learned row per vocabulary entry (GPT-2's wte), times `scale`: the 2017
-    paper scales them by sqrt(n_embd) next to its fixed sinusoids, so that the positions do not drown them
-    (scaled_for_sinusoids). GPT-2 and nanoGPT add theirs unscaled."""
+    """Token ids -> vectors, one learned row per vocabulary entry (GPT-2's wte), times `scale`: the 2017 paper
+    scales them by sqrt(n_embd) so that its fixed sinusoids do not drown them (scaled_for_sinusoids); GPT-2 does not."""
 
     def __init__(self, config, scale=1.0):
         super().__init__(config.vocab_size, config.n_embd)
@@ -230,8 +221,7 @@ class RotaryPositions(Positions):
 POSITIONS = {'learned': LearnedPositions, 'sinusoidal': SinusoidalPositions, 'rope': RotaryPositions}
 
 
-# ---------------------------------------------------------------------------
-# Attention: masks, heads, the formula, then self- and cross-attention
+# --- Attention: masks, heads, the formula, then self- and cross-attention ----
 
 
 def causal_mask(T, past, device):
@@ -241,10 +231,9 @@ def causal_mask(T, past, device):
 
 
 def causal_attention(T, cache, device):
-    """Where a decoder's T new tokens go and what each reads, as (at, end, mask, is_causal) for the stack:
-    positions past, .., past + T - 1 after the `past` ones a KV cache holds (generate.KVCache; none in
-    training), each reading itself and every position before it. With nothing cached that is the fused
-    kernel's own causal mask; a single new token reads everything cached, unmasked."""
+    """Where a decoder's T new tokens go and what each reads, as (at, end, mask, is_causal) for the stack: positions
+    past .. past + T - 1 after the `past` a KV cache holds (none in training), each reading itself and all before it.
+    With nothing cached that is the fused kernel's own causal mask; a single new token reads all cached, unmasked."""
     past = 0 if cache is None else cache.reserve(T)
     if torch.is_tensor(past):
         return ragged_causal_attention(past, T, cache.pos, device)
@@ -254,10 +243,9 @@ def causal_attention(T, cache, device):
 
 
 def ragged_causal_attention(past, T, end, device):
-    """causal_attention for rows that hold different numbers of positions, past (B,) (speculative decoding: each
-    row keeps the draft tokens it accepted): row r's new tokens take positions past[r] .. past[r] + T - 1 (position
-    ids) and each reads its row's first past[r] positions and the new ones up to itself, nothing of the cache past
-    them (a rejected draft's leftovers). end: the longest row's length, the keys' count."""
+    """causal_attention for rows holding different numbers of positions, past (B,) (speculative decoding: each row
+    keeps the draft tokens it accepted): row r's new tokens are at past[r] .. past[r] + T - 1 and read its first past[r]
+    positions and the new ones up to themselves, not a rejected draft's leftovers. end: the longest row's length."""
     at = past[:, None] + torch.arange(T, device=device)
     return at, end, (torch.arange(end, device=device) <= at[:, :, None])[:, None], False
 
@@ -279,9 +267,8 @@ def packed_mask(position_ids, real):
 
 
 def bidirectional_mask(tokens, pad_id, position_ids=None):
-    """Bidirectional attention, an encoder's: every position reads every real position of its sentence,
-    before and after it (a decoder reads only the past: causal_attention). The padding mask, or for
-    packed rows (position_ids), packed_mask."""
+    """An encoder's attention: each position reads every real position of its sentence, before and after it (a
+    decoder's reads only the past: causal_attention). padding_mask, or packed_mask for packed rows (position_ids)."""
     return padding_mask(tokens, pad_id) if position_ids is None else packed_mask(position_ids, tokens != pad_id)
 
 
@@ -324,8 +311,7 @@ class Attention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.q_norm = make_norm(config, config.head_dim) if config.qk_norm else None
         self.k_norm = make_norm(config, config.head_dim) if config.qk_norm else None
-        # the formula for every head at once, chosen once: PyTorch's fused kernel, or the one written out above
-        # (a plain function, not a module: ~4 us less a call, which a one-token generation step feels)
+        # the formula for all heads, chosen once: the fused kernel or the one above (not a module: ~4 us less a call)
         self.formula = F.scaled_dot_product_attention if config.fused_attention else scaled_dot_product_attention
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -344,9 +330,8 @@ class Attention(nn.Module):
 
 
 class SelfAttention(Attention):
-    """Queries, keys and values all from x: each position gathers from the positions its mask lets it read
-    (causal_attention in a decoder, bidirectional_mask in an encoder). With rope, queries and keys are
-    rotated by their positions. In generation the keys and values of earlier tokens come from the cache."""
+    """Queries, keys and values all from x: each position gathers from the positions its mask lets it read (a
+    decoder's causal_attention, an encoder's bidirectional_mask); in generation earlier keys and values are cached."""
 
     def __init__(self, config):
         super().__init__(config, c_attn=nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias))  # q, k, v in one matmul
@@ -354,8 +339,7 @@ class SelfAttention(Attention):
 
     def forward(self, x, rope=None, mask=None, is_causal=False, cache=None):
         q, k, v = (split_heads(t, self.n_head) for t in self.c_attn(x).chunk(3, dim=-1))
-        k = self.norm_heads(k, self.k_norm, self.rotary)
-        q = self.norm_heads(q, self.q_norm, self.rotary)
+        q, k = self.norm_heads(q, self.q_norm, self.rotary), self.norm_heads(k, self.k_norm, self.rotary)
         if self.rotary:  # after the norms: rotating first would let the per-channel gains undo it
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
@@ -365,9 +349,8 @@ class SelfAttention(Attention):
 
 
 class CrossAttention(Attention):
-    """A decoder's look at the source: queries from x (the target so far), keys and values from `memory`,
-    the encoder's output, so each target position reads the whole source sentence (its padding masked).
-    No rotation: target and source positions are not on one scale."""
+    """A decoder's look at the source: queries from x (the target so far), keys and values from `memory`, the encoder's
+    output (its padding masked). No rotation: target and source positions are not on one scale."""
 
     def __init__(self, config):
         super().__init__(config, c_q=nn.Linear(config.n_embd, config.n_embd, bias=config.bias),
@@ -375,9 +358,8 @@ class CrossAttention(Attention):
 
     def project_memory(self, memory):
         """Keys and values of the encoder output, (B, heads, S, D) each: computed once per sentence in generation."""
-        k, v = self.c_kv(memory).chunk(2, dim=-1)
-        return self.norm_heads(split_heads(k, self.n_head), self.k_norm).transpose(1, 2), \
-            split_heads(v, self.n_head).transpose(1, 2)
+        k, v = (split_heads(t, self.n_head) for t in self.c_kv(memory).chunk(2, dim=-1))
+        return self.norm_heads(k, self.k_norm).transpose(1, 2), v.transpose(1, 2)
 
     def forward(self, x, memory, memory_mask=None, cache=None):
         k, v = self.project_memory(memory) if cache is None else cache.cross(self, memory)
@@ -385,8 +367,7 @@ class CrossAttention(Attention):
         return self.mix(q, k, v, memory_mask)
 
 
-# ---------------------------------------------------------------------------
-# MLP and block
+# --- MLP and block -----------------------------------------------------------
 
 
 NORMS = {'layernorm': lambda config, dim: nn.LayerNorm(dim, bias=config.bias),
@@ -435,10 +416,9 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attention(norm(x)), [x + cross-attention(norm(x))], x + mlp(norm(x)).
-    Each part adds to the residual stream x instead of replacing it, so gradients flow straight
-    through deep stacks; normalising each part's input (pre-norm) keeps training stable.
-    cross=True adds cross-attention (the decoder of a seq2seq model)."""
+    """Pre-norm residual block: x + attention(norm(x)), [x + cross-attention(norm(x))], x + mlp(norm(x)). Each part
+    adds to the residual stream x instead of replacing it, so gradients flow straight through deep stacks; normalising
+    each part's input (pre-norm) keeps training stable. cross=True adds cross-attention (a seq2seq model's decoder)."""
 
     def __init__(self, config, cross=False):
         super().__init__()
@@ -459,10 +439,9 @@ class Block(nn.Module):
 
 
 class CheckpointedBlock(Block):
-    """Activation checkpointing (train.py's activation_checkpointing='block'): a Block that keeps only its input
-    for the backward pass and runs its forward again there, instead of keeping every activation inside it: a
-    deep model's activations shrink to one block's, for one more forward pass. torch's non-reentrant checkpoint
-    replays the RNG state, so dropout draws the same masks: the same numbers as a Block."""
+    """Activation checkpointing (activation_checkpointing='block'): a Block that keeps only its input for the backward
+    pass and runs its forward again there: a deep model's activations shrink to one block's, for one more forward.
+    torch's non-reentrant checkpoint replays the RNG state, so dropout draws the same masks: the same numbers."""
 
     def forward(self, *args, **kwargs):
         return torch.utils.checkpoint.checkpoint(super().forward, *args, use_reentrant=False, **kwargs)
@@ -480,12 +459,10 @@ def checkpoint_blocks(net):
 ACTIVATION_CHECKPOINTING = {'none': lambda net: net, 'block': checkpoint_blocks}  # train.py's setting: what it does
 
 
-# ---------------------------------------------------------------------------
-# What every model here shares: the stack, initialisation, optimizers, FLOPs
+# --- What every model here shares: the stack, initialisation, optimizers, FLOPs ---
 
 
 class TransformerModel(nn.Module):
-
     def run_stack(self, tokens, embedding, positions, blocks, final_norm, at, end, input_norm=None, **block_args):
         """The path every stack takes: token embedding, positions (`at`, up to `end`), [a norm,] dropout,
         the blocks, a final norm. block_args: the attention mask (or is_causal), a cache, the memory."""
@@ -516,9 +493,8 @@ class TransformerModel(nn.Module):
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer='adamw', muon_momentum=0.95,
                              muon_class=torch.optim.Muon):
-        """AdamW, or Muon for the 2-D hidden matrices plus AdamW for the rest. Returns a list.
-        muon_class: torch's Muon, or a variant of it for the hardware (device.muon_class).
-        Weight decay applies to matrices only: biases and norm gains are not decayed."""
+        """AdamW, or Muon (muon_class: torch's or device.muon_class's) for the 2-D hidden matrices plus AdamW for the
+        rest; returns a list. Weight decay applies to matrices only: biases and norm gains are not decayed."""
         params = {name: p for name, p in self.named_parameters() if p.requires_grad}
         embeddings = {id(m.weight) for m in self.modules() if isinstance(m, (nn.Embedding, LearnedPositions))}
         embeddings |= {id(head.weight) for head in self.output_heads()}
@@ -542,14 +518,12 @@ class TransformerModel(nn.Module):
                 torch.optim.AdamW(adam_groups, lr=learning_rate, betas=betas, fused=fused)]
 
     def smoothing(self):
-        """Label smoothing: the training target puts label_smoothing of its probability evenly on every
-        class (Szegedy et al., 2016), so the model is not pushed to ever more confident logits.
-        Evaluation reports the plain cross-entropy."""
+        """Label smoothing (Szegedy et al., 2016): the training target spreads label_smoothing of its probability over
+        every class, so the model is not pushed to ever more confident logits. Evaluation reports the plain loss."""
         return self.config.label_smoothing if self.training else 0.0
 
     def output_heads(self):
-        """The layers that turn vectors into predictions: AdamW trains them even under Muon, like the
-        embeddings (Muon's orthogonalised updates suit hidden matrices only)."""
+        """The layers that turn vectors into predictions: AdamW trains them even under Muon, like the embeddings."""
         return [self.lm_head]
 
     def estimate_mfu(self, tokens_per_iter, dt, peak, **task):
@@ -561,8 +535,7 @@ class TransformerModel(nn.Module):
         return 12 * self.config.n_layer * self.config.n_embd * context
 
 
-# ---------------------------------------------------------------------------
-# GPT: decoder-only language model
+# --- GPT: decoder-only language model ----------------------------------------
 
 # Hugging Face's GPT-2 stores these as Conv1D, (in, out): transposed from nn.Linear.
 HF_TRANSPOSED = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
@@ -632,12 +605,9 @@ class GPT(TransformerModel):
                            block_size=hf.n_positions, bias=True, dropout=override_args.get('dropout', 0.0),
                            mlp=HF_ACTIVATIONS[hf.activation_function])
         model = cls(config)
-        hf_state = hf_model.state_dict()
-        state = {}
-        for name in model.state_dict():  # the same names as ours, a few of them transposed
-            tensor = hf_state[name]
-            state[name] = tensor.t() if name.endswith(HF_TRANSPOSED) else tensor
-        model.load_state_dict(state)
+        hf_state = hf_model.state_dict()  # the same names as ours, a few of them transposed
+        model.load_state_dict({name: hf_state[name].t() if name.endswith(HF_TRANSPOSED) else hf_state[name]
+                               for name in model.state_dict()})
         if block_size < config.block_size:
             model.crop_block_size(block_size)
         return model
@@ -650,14 +620,12 @@ class GPT(TransformerModel):
         return sample(self, idx, max_new_tokens, temperature, top_k, top_p, use_cache)
 
 
-# ---------------------------------------------------------------------------
-# Encoder-decoder Transformer for sequence-to-sequence tasks (translation)
+# --- Encoder-decoder Transformer for sequence-to-sequence tasks (translation) ---
 
 
 class Seq2SeqTransformer(TransformerModel):
-    """The encoder reads the whole source sentence (bidirectional self-attention, padding
-    masked out); the decoder writes the target one token at a time (causal self-attention),
-    reading the encoder's output through cross-attention in every block."""
+    """The encoder reads the whole source sentence (bidirectional self-attention, padding masked out); the decoder
+    writes the target one token at a time (causal self-attention), reading the encoder's output by cross-attention."""
 
     def __init__(self, config):
         super().__init__()
@@ -722,8 +690,7 @@ class Seq2SeqTransformer(TransformerModel):
         return beam_search(self, src, max_new_tokens, beam_size, length_penalty, use_cache)
 
 
-# ---------------------------------------------------------------------------
-# Encoder-only Transformer (BERT-style): masked-language-model pretraining, then classification
+# --- Encoder-only Transformer (BERT-style): masked-language-model pretraining, then classification ---
 
 
 class MaskedLMHead(nn.Module):
@@ -759,18 +726,15 @@ class ClassifierHead(nn.Module):
 
 
 def predicted_positions(chosen):
-    """The flat indices (row * T + column) of the True positions of a (B, T) mask, in row-major order.
-    Indexing by the mask itself gives the same rows, but on a GPU it waits for the device to count them
-    (a host sync per step): the training data finds them on the host instead, as it builds the batch."""
+    """The flat indices (row * T + column) of a (B, T) mask's True positions, row-major. Indexing by the mask gives the
+    same rows but makes a GPU sync with the host each step: the training data finds them on the host, as it batches."""
     return chosen.flatten().nonzero().squeeze(1)
 
 
 class Encoder(TransformerModel):
-    """Reads the whole sequence at once: every position attends to every other non-padding position,
-    before and after it (a GPT position sees only the past). Pretrained as a masked-language model:
-    some tokens are hidden and each is guessed from both sides. Fine-tuned as a classifier: the vector
-    of [CLS], first in every sequence, gathers the sentence and is mapped to n_classes logits.
-    One head at a time: the masked-LM head (n_classes=0) or the classifier (n_classes>0)."""
+    """Reads the whole sequence at once: every position attends to every non-padding one, before and after it (a GPT's
+    sees only the past). Pretrained as a masked-language model (hidden tokens guessed from both sides), fine-tuned as a
+    classifier of the vector of [CLS], first in every sequence: one head, masked-LM (n_classes=0) or classifier (>0)."""
 
     HEADS = ('mlm_head.', 'classifier.')  # parameter names of the heads: the rest is the body
 
@@ -806,24 +770,21 @@ class Encoder(TransformerModel):
         return 6 * (body + mask_prob * head) + self.attention_flops_per_token(self.config.block_size)
 
     def encode(self, tokens, position_ids=None):
-        """tokens: (B, T) right-padded ids, [CLS] first -> (B, T, C): each position's vector, computed
-        from the whole sequence, padding left out. position_ids (B, T): rows of packed sentences, each
-        [CLS] ... [SEP] at positions 0, 1, ..., read apart. Computed positions (sinusoidal, rope) read
-        longer sequences than block_size; learned ones cannot."""
+        """tokens: (B, T) right-padded ids, [CLS] first -> (B, T, C): each position's vector from the whole sequence,
+        padding left out. position_ids (B, T): rows of packed sentences, each [CLS] ... [SEP] at positions 0, 1, ...,
+        read apart. Computed positions (sinusoidal, rope) read longer sequences than block_size; learned ones cannot."""
         mask = bidirectional_mask(tokens, self.config.pad_id, position_ids)
         T = tokens.size(1)
         return self.run_stack(tokens, self.wte, self.wpe, self.h, self.ln_f, slice(0, T) if position_ids is None
                               else position_ids, T, input_norm=self.emb_norm, mask=mask)
 
     def forward(self, tokens, targets=None, position_ids=None, predict_at=None):
-        """A masked-language model: targets (B, T) hold the original ids at the positions chosen for
-        the loss and -1 elsewhere -> (logits (N, vocab) of the N chosen positions, in row-major order,
-        their mean cross-entropy). Without targets: (logits (B, T, vocab) of every position, None).
-        A classifier: targets (N,) class numbers of the N sentences -> (logits (N, n_classes), cross-entropy,
-        label-smoothed in training); without: (logits, None). A sentence is a row, or with position_ids
-        (packed rows, see encode) a [CLS] at position 0, in row-major order.
-        predict_at: where those N positions are, as flat indices (row * T + column), when the data has
-        found them on the host (see predicted_positions)."""
+        """A masked-language model: targets (B, T) hold the original ids at the positions chosen for the loss and -1
+        elsewhere -> (logits (N, vocab) of the N chosen positions in row-major order, their mean cross-entropy); without
+        targets: (logits (B, T, vocab) of every position, None). A classifier: targets (N,) class numbers of the N
+        sentences -> (logits (N, n_classes), cross-entropy, label-smoothed in training); without: (logits, None). A
+        sentence is a row, or with position_ids (packed rows, see encode) a [CLS] at position 0, in row-major order.
+        predict_at: those N positions as flat indices (row * T + column), when the data found them on the host."""
         if self.config.n_classes:
             logits = self.classify(tokens, position_ids, predict_at)
             return logits, None if targets is None else F.cross_entropy(logits, targets, label_smoothing=self.smoothing())

@@ -38,14 +38,11 @@ class CharTokenizer:
         try:
             return [self.stoi[ch] for ch in text]
         except KeyError:
-            raise UserError(self._unknown_characters_message(text)) from None
-
-    def _unknown_characters_message(self, text, shown=20):
-        unknown = sorted(set(text) - self.stoi.keys())
-        names = ', '.join(repr(ch) for ch in unknown[:shown])
-        more = f' and {len(unknown) - shown} more' if len(unknown) > shown else ''
-        return (f'the text contains characters outside the vocabulary: {names}{more} '
-                f'(the vocabulary is the set of characters of the training text)')
+            unknown = sorted(set(text) - self.stoi.keys())
+            names = ', '.join(repr(ch) for ch in unknown[:20])
+            more = f' and {len(unknown) - 20} more' if len(unknown) > 20 else ''
+            raise UserError(f'the text contains characters outside the vocabulary: {names}{more} '
+                            f'(the vocabulary is the set of characters of the training text)') from None
 
     def decode(self, ids):
         return ''.join(self.chars[i] for i in ids)

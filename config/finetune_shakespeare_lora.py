@@ -1,8 +1,7 @@
-# GPT-2 XL finetuned on tiny Shakespeare through LoRA, the twin of finetune_shakespeare.py: rank-8 adapters of
-# attention and MLP train (9.8M of 1.56B weights, 0.63%; AdamW's state 79 MB instead of 12.5 GB), the rest frozen.
+# finetune_shakespeare.py through LoRA: rank-8 adapters of attention and MLP train (9.8M of 1.56B weights, 0.63%;
+# AdamW's state 79 MB, not 12.5 GB), the rest frozen. Not run yet (GPU needed); CPU comparison: docs/experiments.md
 #   python prepare/shakespeare.py && python train.py config/finetune_shakespeare_lora.py
 #   python sample.py --out_dir=out-shakespeare-lora  # base + adapters; export.py merges them into a GPT-2
-# Not run yet (it needs a GPU and the weights); a CPU comparison with full fine-tuning: docs/experiments.md.
 import time
 out_dir = 'out-shakespeare-lora'
 eval_interval = 5

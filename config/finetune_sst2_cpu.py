@@ -1,5 +1,4 @@
-# Fine-tunes config/mlm_reviews_cpu.py's encoder on SST-2 (sentiment, 2 classes; GLUE's 67k train phrases, SST-2's
-# 872 dev sentences) in 15 minutes of a 2-core CPU; the measurements behind the values: docs/experiments.md.
+# Fine-tunes config/mlm_reviews_cpu.py's encoder on SST-2 sentiment in 15 minutes of a 2-core CPU (docs/experiments.md)
 #   python sample.py --out_dir=out-sst2-cpu --start=FILE:data/sst2_phrases/val.txt --reference=data/sst2_phrases/val.labels.txt
 out_dir = 'out-sst2-cpu'
 init_from = 'out-mlm-reviews-cpu'  # the architecture comes from its checkpoint; the classification head starts fresh

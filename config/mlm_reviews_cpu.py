@@ -1,6 +1,5 @@
 # Masked-LM pretraining of a small encoder (BERT-style) on the 2,000 movie reviews (SST-2's dev sentences left out)
 # for 45 minutes of a 2-core CPU, then config/finetune_sst2_cpu.py (15 minutes); why these values: docs/experiments.md.
-# export.py converts the classic architecture: --pos_emb=learned --norm=layernorm --mlp=gelu --qk_norm=False --bias=True
 out_dir = 'out-mlm-reviews-cpu'
 dataset = 'movie_reviews'  # prepared on first use
 model_type = 'encoder'

@@ -1,6 +1,5 @@
-# A baby GPT on tiny Shakespeare, character level: nanoGPT's recipe, unchanged in meaning, so that its commands give
-# the same results here. On one GPU: python train.py config/train_shakespeare_char.py
-# nanoGPT's README CPU command (docs/experiments.md) works too; config/train_shakespeare_char_cpu.py is faster.
+# A baby GPT on tiny Shakespeare, characters: nanoGPT's recipe, unchanged, so its commands give the same results here.
+# On one GPU: python train.py config/train_shakespeare_char.py (on a CPU config/train_shakespeare_char_cpu.py is faster)
 out_dir = 'out-shakespeare-char'
 eval_interval = 250  # frequent, because this small dataset overfits
 eval_iters = 200

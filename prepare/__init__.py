@@ -1,13 +1,11 @@
-"""Helpers shared by the data preparation scripts in this folder (the scripts never import each other): finding
-the input (--input, else a download, else an offline mirror), reading the corpora several scripts read, and writing
-the outputs so that a failed or interrupted run never damages the files of an earlier one."""
+"""Helpers shared by the data preparation scripts here: finding the input (--input, else a download, else an offline
+mirror), reading corpora several scripts read, writing outputs that a failed or interrupted run never damages."""
 import argparse
 import gzip
 import http.client
 import os
 import pickle
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +42,7 @@ def tokenizer_meta(tokenizer, **extra):
 def download(url, path):
     """Download `url` to `path`; on failure it raises and leaves no partial file behind."""
     print(f'downloading {url}')
-    with urllib.request.urlopen(url, timeout=30) as response, staged_outputs(path.parent) as out:
+    with urllib.request.urlopen(url, timeout=30) as response, StagedOutputs(path.parent) as out:
         size = int(response.headers.get('Content-Length') or 0) or None  # None: unknown size
         bar = tqdm(total=size, unit='B', unit_scale=True, desc=path.name)
         with open(out.path(path.name), 'wb') as f, bar:
@@ -81,6 +79,8 @@ def find_raw_file(name, input_dir, url, data_dir, corpus):
     without that folder, find_input's download or the mirror file `corpus`/`name`.gz."""
     if input_dir is None:
         return find_input(url, data_dir, f'{corpus}/{name}.gz')
+    if not Path(input_dir).is_dir():
+        raise UserError(f'--input {input_dir}: no such folder')
     for candidate in (Path(input_dir) / f'{name}.gz', Path(input_dir) / name):
         if candidate.is_file():
             return candidate
@@ -96,6 +96,20 @@ def read_lines(path):
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f'cannot read {path}: {e}') from None
     return lines[:-1] if lines[-1] == '' else lines  # '' follows the file's final newline
+
+
+def input_files(input_path, suffixes, recursive=False):
+    """[the file `input_path`], or the files of that folder (`recursive`: and its subfolders) ending in `suffixes`."""
+    path = Path(input_path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise UserError(f'--input {input_path}: no such file or folder')
+    candidates = path.rglob('*') if recursive else path.iterdir()
+    files = sorted(p for p in candidates if ''.join(p.suffixes).endswith(suffixes) and p.is_file())
+    if not files:
+        raise UserError(f'--input {input_path}: the folder has no {"/".join(suffixes)} files')
+    return files
 
 
 # --- Tiny Shakespeare: shakespeare_char.py, shakespeare.py -------------------
@@ -116,8 +130,7 @@ def read_shakespeare(out_dir, input_path=None):
 
 
 def split_train_val(sequence):
-    """The first TRAIN_FRACTION of `sequence` for training, the rest for validation: one contiguous
-    passage, as in the original nanoGPT, rather than pieces scattered through the training text."""
+    """The first TRAIN_FRACTION of `sequence` for training, the rest for validation: one passage, as in nanoGPT."""
     n = int(len(sequence) * TRAIN_FRACTION)
     return sequence[:n], sequence[n:]
 
@@ -133,29 +146,22 @@ SST2_URLS = {'train': SST2_SENTENCES_URL.format('train'), 'dev': SST2_SENTENCES_
 PTB_ESCAPES = {'-lrb-': '(', '-rrb-': ')', '\\/': '/'}
 
 
-def ptb_unescape(sentence):
-    """`sentence` with the published files' Penn Treebank escapes undone (-lrb- is '(') and single spaces,
-    so that a downloaded sentence is the same text as in the mirror's .tsv files."""
-    for escaped, plain in PTB_ESCAPES.items():
-        sentence = sentence.replace(escaped, plain)
-    return ' '.join(sentence.split())
-
-
 def sst2_line(path, line):
-    """(sentence, label) of one line: `sentence<TAB>label` in a .tsv (the mirror, GLUE's phrases),
-    `label sentence` in the published sentence files that a download fetches."""
+    """(sentence, label) of one line: `sentence<TAB>label` in a .tsv (the mirror, GLUE's phrases), `label sentence` in
+    the downloaded files, their Penn Treebank escapes (-lrb-) undone, single-spaced: the same text as the mirror's."""
     if '.tsv' in path.name:
         sentence, tab, label = line.rpartition('\t')
         if not tab:
             raise ValueError('expected sentence<TAB>label')
         return sentence, label.strip()
     label, _, sentence = line.partition(' ')
-    return ptb_unescape(sentence), label
+    for escaped, plain in PTB_ESCAPES.items():
+        sentence = sentence.replace(escaped, plain)
+    return ' '.join(sentence.split()), label
 
 
 def read_sst2_split(path):
-    """(sentences, labels as written) of one file, checked: a known label and a non-empty sentence on every
-    line, so that a damaged file stops the run at its first bad line."""
+    """(sentences, labels as written) of one file, checked: a damaged file stops the run at its first bad line."""
     sentences, labels = [], []
     for number, line in enumerate(read_lines(path), start=1):
         if number == 1 and line == 'sentence\tlabel':  # the header
@@ -176,23 +182,22 @@ def read_sst2_split(path):
 
 
 def read_sst2(name, out_dir, input_dir=None):
-    """(sentences, labels) of the part `name` ('train', 'dev', 'train_glue_phrases'): from `input_dir`,
-    a download into `out_dir`/raw or the mirror."""
+    """(sentences, labels) of `name` ('train', 'dev', 'train_glue_phrases'): from `input_dir`, a download or mirror."""
     return read_sst2_split(find_raw_file(f'{name}.tsv', input_dir, SST2_URLS[name], Path(out_dir) / 'raw', 'sst2'))
-
-
-def sst2_dev_sentences(input_dir=None):
-    """SST-2's dev sentences: the encoder is evaluated on them, so its pretraining text must not contain them."""
-    return read_sst2('dev', default_out_dir('sst2'), input_dir)[0]
 
 
 # --- writing the outputs -----------------------------------------------------
 class StagedOutputs:
-    """Output files written to temporary names, all moved into place together by `commit` (see staged_outputs)."""
+    """Output files written to temporary names (`with StagedOutputs(out_dir) as out: out.write_array(...)`), which
+    replace the files in `out_dir` all together, and only if the block completes."""
 
     def __init__(self, out_dir):
         self.out_dir = Path(out_dir)
         self._staged = {}  # final path -> temporary path
+
+    def __enter__(self):
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        return self
 
     def path(self, name):
         """A temporary path to write the output file `name` to (e.g. with np.memmap)."""
@@ -209,35 +214,23 @@ class StagedOutputs:
         with open(self.path('meta.pkl'), 'wb') as f:
             pickle.dump(meta, f)
 
-    def commit(self):
-        for tmp in self._staged.values():  # the bytes on disk before the renames make them visible
-            with open(tmp, 'rb+') as f:
-                os.fsync(f.fileno())
-        for final, tmp in self._staged.items():
-            os.replace(tmp, final)
-
-    def discard(self):
-        for tmp in self._staged.values():
-            tmp.unlink(missing_ok=True)
-        self._staged.clear()
-
-
-@contextmanager
-def staged_outputs(out_dir):
-    """Collect output files (`with staged_outputs(out_dir) as out: out.write_array(...)`); they replace the files in
-    `out_dir` only if the block completes."""
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    outputs = StagedOutputs(out_dir)
-    try:
-        yield outputs
-        outputs.commit()
-    finally:  # also on KeyboardInterrupt
-        outputs.discard()
+    def __exit__(self, error, *_):
+        try:
+            if error is None:
+                for tmp in self._staged.values():  # the bytes on disk before the renames make them visible
+                    with open(tmp, 'rb+') as f:
+                        os.fsync(f.fileno())
+                for final, tmp in self._staged.items():
+                    os.replace(tmp, final)
+        finally:  # also on KeyboardInterrupt: no temporary file left behind
+            for tmp in self._staged.values():
+                tmp.unlink(missing_ok=True)
+            self._staged.clear()
 
 
 def write_train_val(out_dir, train_ids, val_ids, meta):
     """Write train.bin, val.bin and meta.pkl into `out_dir` (all or none of them), report the sizes, return `out_dir`."""
-    with staged_outputs(out_dir) as out:
+    with StagedOutputs(out_dir) as out:
         out.write_array('train.bin', train_ids, meta['dtype'])
         out.write_array('val.bin', val_ids, meta['dtype'])
         out.write_meta(meta)

@@ -1,10 +1,8 @@
-"""Any text as characters in the vocabulary of a prepared character dataset, so that a model trained on
-that dataset can be fine-tuned on it (init_from wants the same tokenizer). Characters outside the vocabulary
-are dropped; the first 90% is for training, the rest for validation.
+"""Any text as characters in the vocabulary of a prepared character dataset, so that a model trained on that dataset
+can be fine-tuned on it (init_from wants the same tokenizer); other characters are dropped; the first 90% trains.
 
     python prepare/char_text.py --input ../shared/data/wikitext-2/valid.txt.gz --vocab_from data/shakespeare_char \\
-        --out_dir data/wikitext_char
-"""
+        --out_dir data/wikitext_char"""
 import sys
 from pathlib import Path
 
@@ -26,8 +24,7 @@ def prepare(input_path, vocab_from, out_dir):
     kept = ''.join(ch for ch in text if ch in tokenizer.stoi)
     print(f'{len(text) - len(kept):,} of {len(text):,} characters dropped (outside the vocabulary)')
     train_ids, val_ids = split_train_val(tokenizer.encode(kept))
-    write_train_val(Path(out_dir), train_ids, val_ids, tokenizer_meta(tokenizer))
-    return Path(out_dir)
+    return write_train_val(Path(out_dir), train_ids, val_ids, tokenizer_meta(tokenizer))
 
 
 def main(argv=None):

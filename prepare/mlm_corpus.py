@@ -1,11 +1,9 @@
 """Unlabelled text for masked-language-model pretraining (the encoder), and its vocabulary.
 
 Reads the movie reviews (Pang & Lee 2004, 2,000 reviews) into data/movie_reviews, or --input's .txt/.txt.gz file or
-folder into data/<its name>, one sentence or paragraph per line; drops the SST-2 dev sentences (the encoder is evaluated
-on them); learns a lowercase BPE vocabulary with [PAD] [UNK] [CLS] [SEP] [MASK] on the train lines; writes {split}.bin,
-.idx and .txt for train and val (a random val_fraction of the lines, always the same) as prepare/multi30k.py does, and
-meta.pkl. prepare/sst2.py encodes SST-2 with this vocabulary.
-"""
+folder into data/<its name>, one sentence or paragraph per line; drops the SST-2 dev sentences (the encoder's test);
+learns a lowercase BPE vocabulary with [PAD] [UNK] [CLS] [SEP] [MASK] on the train lines (sst2.py uses it too); writes
+meta.pkl and, as multi30k.py does, {split}.bin, .idx, .txt for train and val (a fixed random val_fraction)."""
 import io
 import sys
 import zipfile
@@ -18,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python prepa
 
 from configurator import run_cli
 from errors import UserError
-from prepare import (default_out_dir, find_input, make_arg_parser, read_lines, sst2_dev_sentences, staged_outputs,
+from prepare import (StagedOutputs, default_out_dir, find_input, input_files, make_arg_parser, read_lines, read_sst2,
                      tokenizer_meta, write_split)
 from tokenizer import MaskedLMTokenizer
 
@@ -27,19 +25,6 @@ NAME = 'movie_reviews'
 URL = 'https://raw.githubusercontent.com/nltk/nltk_data/gh-pages/packages/corpora/movie_reviews.zip'
 MIRROR = 'movie_reviews/reviews.txt.gz'
 VOCAB_SIZES = (256, 65535)  # at least the special tokens and the characters; ids fit in uint16
-
-
-def text_files(input_path):
-    """The .txt/.txt.gz files to read: the one given, or those of a folder, sorted."""
-    path = Path(input_path)
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise UserError(f'--input {input_path}: no such file or folder')
-    files = sorted(p for p in path.iterdir() if p.name.endswith(('.txt', '.txt.gz')))
-    if not files:
-        raise UserError(f'--input {input_path}: the folder has no .txt or .txt.gz file')
-    return files
 
 
 def zip_lines(path):
@@ -75,15 +60,6 @@ def drop_excluded(lines, excluded):
     return kept
 
 
-def sst2_dev_or_none(sst2_dir):
-    """SST-2's dev sentences, or None (with a warning) where they cannot be found."""
-    try:
-        return sst2_dev_sentences(sst2_dir)
-    except UserError as e:
-        print(f'warning: SST-2 dev not found, no lines filtered out ({e})')
-        return None
-
-
 def split_val(lines, val_fraction, seed=1337):
     """(train lines, val lines): a random val_fraction of the lines, the same every run."""
     is_val = np.random.default_rng(seed).random(len(lines)) < val_fraction
@@ -104,18 +80,19 @@ def prepare(out_dir=None, input_path=None, vocab_size=8192, val_fraction=0.02, s
         out_dir = Path(out_dir or default_out_dir(NAME))
         files = [find_input(URL, out_dir, MIRROR)]
     else:
-        files = text_files(input_path)
+        files = input_files(input_path, ('.txt', '.txt.gz'))
         out_dir = Path(out_dir or default_out_dir(Path(input_path).name.split('.')[0]))
     lines = read_corpus(files)
-    dev = sst2_dev_or_none(sst2_dir)
-    if dev is not None:
-        lines = drop_excluded(lines, dev)
+    try:
+        lines = drop_excluded(lines, read_sst2('dev', default_out_dir('sst2'), sst2_dir)[0])
+    except UserError as e:
+        print(f'warning: SST-2 dev not found, no lines filtered out ({e})')
     train, val = split_val(lines, val_fraction)
     print(f'training a lowercase BPE vocabulary of up to {vocab_size:,} tokens on {len(train):,} lines')
     tokenizer = MaskedLMTokenizer.train(train, vocab_size, show_progress=True)
     print(f'vocab size: {tokenizer.vocab_size:,}')
     meta = tokenizer_meta(tokenizer, **tokenizer.special_ids())
-    with staged_outputs(out_dir) as out:
+    with StagedOutputs(out_dir) as out:
         for split, split_lines in (('train', train), ('val', val)):
             write_split(out, tokenizer, split, split_lines, meta['dtype'])
         out.write_meta(meta)

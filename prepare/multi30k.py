@@ -1,11 +1,9 @@
 """Multi30k (task 1): German-English image captions, for translation.
 
-Trains one BPE vocabulary shared by both languages on the training sentences, then writes, for each split (train,
-val, test = test_2016_flickr) and language (de, en), {split}.{lang}.bin (the ids of all sentences, no <bos>/<eos>),
-.idx (int64 offsets: sentence i is ids[idx[i]:idx[i+1]]) and .txt (the raw sentences, references for BLEU), and
-meta.pkl with the tokenizer and its special ids. --input: a folder of train.de.gz, train.en.gz, val.de.gz, ... (or the
-same files uncompressed).
-"""
+Trains one BPE vocabulary shared by both languages on the training sentences, then writes, for each split (train, val,
+test = test_2016_flickr) and language (de, en), {split}.{lang}.bin (the ids of all sentences, no <bos>/<eos>), .idx
+(int64 offsets: sentence i is ids[idx[i]:idx[i+1]]) and .txt (the raw sentences, references for BLEU), and meta.pkl
+with the tokenizer and its special ids. --input: a folder of train.de.gz, train.en.gz, val.de.gz, ... (or unzipped)."""
 import sys
 from pathlib import Path
 
@@ -13,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python prepa
 
 from configurator import run_cli
 from errors import UserError
-from prepare import default_out_dir, find_raw_file, make_arg_parser, read_lines, staged_outputs, tokenizer_meta, write_split
+from prepare import StagedOutputs, default_out_dir, find_raw_file, make_arg_parser, read_lines, tokenizer_meta, write_split
 from tokenizer import SubwordTokenizer
 
 NAME = 'multi30k'
@@ -41,8 +39,6 @@ def prepare(out_dir=None, input_path=None, vocab_size=8000):
     n_special = len(SubwordTokenizer.SPECIAL_TOKENS)
     if not n_special < vocab_size <= MAX_VOCAB_SIZE:
         raise UserError(f'--vocab_size must be between {n_special + 1} and {MAX_VOCAB_SIZE}, not {vocab_size}')
-    if input_path is not None and not Path(input_path).is_dir():
-        raise UserError(f'--input {input_path}: no such folder')
     out_dir = Path(out_dir or default_out_dir(NAME))
     corpus = read_corpus(out_dir, input_path)
     print(f'training a joint {SRC_LANG}+{TGT_LANG} BPE vocabulary of up to {vocab_size:,} tokens')
@@ -50,7 +46,7 @@ def prepare(out_dir=None, input_path=None, vocab_size=8000):
     tokenizer = SubwordTokenizer.train(train[SRC_LANG] + train[TGT_LANG], vocab_size, show_progress=True)
     print(f'vocab size: {tokenizer.vocab_size:,}')
     meta = tokenizer_meta(tokenizer, **tokenizer.special_ids(), src_lang=SRC_LANG, tgt_lang=TGT_LANG)
-    with staged_outputs(out_dir) as out:
+    with StagedOutputs(out_dir) as out:
         for split, sentences_by_lang in corpus.items():
             for lang, sentences in sentences_by_lang.items():
                 write_split(out, tokenizer, f'{split}.{lang}', sentences, meta['dtype'])

@@ -4,8 +4,7 @@ Each document is encoded with tiktoken 'gpt2' and followed by <|endoftext|> (id 
 documents goes to val.bin, the rest to train.bin; each file is one flat array of uint16 token ids.
 
     python prepare/openwebtext.py [--num_proc 8]     # OpenWebText from the Hugging Face Hub (about 54 GB)
-    python prepare/openwebtext.py --input corpus/    # local .txt/.json/.jsonl/.parquet files
-"""
+    python prepare/openwebtext.py --input corpus/    # local .txt/.json/.jsonl/.parquet files"""
 import functools
 import os
 import sys
@@ -18,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python prepa
 
 from configurator import run_cli
 from errors import UserError
-from prepare import default_out_dir, make_arg_parser, staged_outputs, tokenizer_meta
+from prepare import StagedOutputs, default_out_dir, input_files, make_arg_parser, tokenizer_meta
 from tokenizer import TiktokenTokenizer, import_package
 
 NAME = 'openwebtext'
@@ -26,28 +25,6 @@ HUB_DATASET = 'openwebtext'
 # the `datasets` builder that reads each kind of local file
 BUILDERS = {'.txt': 'text', '.json': 'json', '.jsonl': 'json', '.parquet': 'parquet'}
 MAX_SHARDS = 1024  # the corpus is written in this many pieces, to show progress and bound memory
-
-
-def corpus_files(input_path):
-    """The file `input_path`, or the supported files in the folder `input_path`."""
-    path = Path(input_path)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob('*') if p.suffix in BUILDERS and p.is_file())
-        if not files:
-            raise UserError(f'--input {input_path}: the folder has no {"/".join(BUILDERS)} files')
-        return files
-    if not path.is_file():
-        raise UserError(f'--input {input_path}: no such file or folder')
-    if path.suffix not in BUILDERS:
-        raise UserError(f'--input {input_path}: unsupported file type; use {"/".join(BUILDERS)} files')
-    return [path]
-
-
-def builder_for(files):
-    builders = {BUILDERS[f.suffix] for f in files}
-    if len(builders) > 1:
-        raise UserError(f'--input mixes file types ({", ".join(sorted(builders))}); use one kind of file')
-    return builders.pop()
 
 
 def load_corpus(input_path, text_column, num_proc, cache_dir):
@@ -60,8 +37,13 @@ def load_corpus(input_path, text_column, num_proc, cache_dir):
             raise UserError(f'could not download {HUB_DATASET!r} from the Hugging Face Hub ({e}); '
                             f'pass a local corpus with --input') from None
     else:
-        files = corpus_files(input_path)
-        builder = builder_for(files)
+        files = input_files(input_path, tuple(BUILDERS), recursive=True)
+        if files[0].suffix not in BUILDERS:  # the file given
+            raise UserError(f'--input {input_path}: unsupported file type; use {"/".join(BUILDERS)} files')
+        builders = {BUILDERS[f.suffix] for f in files}
+        if len(builders) > 1:
+            raise UserError(f'--input mixes file types ({", ".join(sorted(builders))}); use one kind of file')
+        builder = builders.pop()
         # a .txt file is one document (the builder's default would make every line a document)
         options = {'sample_by': 'document'} if builder == 'text' else {}
         corpus = datasets.load_dataset(builder, data_files=[str(f) for f in files], cache_dir=cache_dir, **options)
@@ -72,15 +54,6 @@ def load_corpus(input_path, text_column, num_proc, cache_dir):
     return documents.select_columns([text_column])
 
 
-def split_documents(documents, val_fraction, seed):
-    """A random `val_fraction` of the documents for validation, the rest for training."""
-    try:
-        splits = documents.train_test_split(test_size=val_fraction, seed=seed, shuffle=True)
-    except ValueError as e:  # too few documents to put at least one on each side
-        raise UserError(f'cannot split {len(documents)} documents into train and val: {e}') from None
-    return {'train': splits['train'], 'val': splits['test']}
-
-
 @functools.cache
 def gpt2_tokenizer():
     # one per worker process, created on first use rather than shipped to the workers
@@ -89,8 +62,7 @@ def gpt2_tokenizer():
 
 def tokenize_documents(batch, text_column):
     tokenizer = gpt2_tokenizer()
-    # encode_ordinary: a literal '<|endoftext|>' inside a web page is just text,
-    # the only separators are the ones we append
+    # encode_ordinary: a literal '<|endoftext|>' in a web page is just text; the only separators are the ones we append
     ids = [tokenizer.encode_ordinary(text) + [tokenizer.eot_token] for text in batch[text_column]]
     return {'ids': ids, 'len': [len(doc) for doc in ids]}
 
@@ -119,9 +91,13 @@ def prepare(out_dir=None, input_path=None, text_column='text', num_proc=None, va
     out_dir = Path(out_dir or default_out_dir(NAME))
     num_proc = num_proc or min(8, os.cpu_count() or 1)
     meta = tokenizer_meta(gpt2_tokenizer())
-    splits = split_documents(load_corpus(input_path, text_column, num_proc, cache_dir), val_fraction, seed)
-    with staged_outputs(out_dir) as out:
-        for split, docs in splits.items():
+    documents = load_corpus(input_path, text_column, num_proc, cache_dir)
+    try:  # a random val_fraction of the documents for validation
+        splits = documents.train_test_split(test_size=val_fraction, seed=seed, shuffle=True)
+    except ValueError as e:  # too few documents to put at least one on each side
+        raise UserError(f'cannot split {len(documents)} documents into train and val: {e}') from None
+    with StagedOutputs(out_dir) as out:
+        for split, docs in (('train', splits['train']), ('val', splits['test'])):
             tokenized = docs.map(tokenize_documents, fn_kwargs={'text_column': text_column}, batched=True,
                                  remove_columns=[text_column], num_proc=min(num_proc, len(docs)),
                                  desc=f'tokenizing {split}')

@@ -1,7 +1,6 @@
 """Tiny Shakespeare with the GPT-2 BPE tokenizer (tiktoken 'gpt2').
 
-Writes train.bin and val.bin (uint16 ids: the first 90% of the text, the rest) and meta.pkl naming the tokenizer.
-"""
+Writes train.bin and val.bin (uint16 ids: the first 90% of the text, the rest) and meta.pkl naming the tokenizer."""
 import sys
 from pathlib import Path
 

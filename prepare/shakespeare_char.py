@@ -1,7 +1,6 @@
 """Tiny Shakespeare as characters: one token per character.
 
-Writes train.bin and val.bin (uint16 ids: the first 90% of the text, the rest) and meta.pkl with the vocabulary.
-"""
+Writes train.bin and val.bin (uint16 ids: the first 90% of the text, the rest) and meta.pkl with the vocabulary."""
 import sys
 from pathlib import Path
 

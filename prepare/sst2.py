@@ -1,12 +1,11 @@
 """SST-2 (Stanford Sentiment Treebank, binary): sentence classification for the encoder.
 
-Reads the sentence-level train and dev splits (`sentence<TAB>label`, a header line; 0 negative, 1 positive) and
-writes for train and val (SST-2's dev) {split}.bin, .idx and .txt as prepare/multi30k.py does, {split}.labels (int64
-indices into label_names) and .labels.txt (as written), and meta.pkl with the tokenizer, label_names and n_classes.
-The tokenizer is the pretraining corpus's (--tokenizer_from, by prepare/mlm_corpus.py), so that a model pretrained
-there reads the same ids; where that folder is not prepared, one is learned from the train sentences. --input: a folder
-of train.tsv and dev.tsv (and train_glue_phrases.tsv for --phrases), gzipped or not.
-"""
+Reads the sentence-level train and dev splits (`sentence<TAB>label`, a header line; 0 negative, 1 positive); writes
+for train and val (SST-2's dev) {split}.bin, .idx and .txt as prepare/multi30k.py does, {split}.labels (int64 indices
+into label_names), .labels.txt (as written) and meta.pkl. The vocabulary is the pretraining corpus's (--tokenizer_from,
+by prepare/mlm_corpus.py), so that a model pretrained there reads the same ids; where that folder is not prepared, one
+is learned from the train sentences. --input: a folder of train.tsv, dev.tsv (and train_glue_phrases.tsv for --phrases),
+gzipped or not."""
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python prepa
 
 from configurator import run_cli
 from errors import UserError
-from prepare import SST2_LABELS, default_out_dir, make_arg_parser, read_sst2, staged_outputs, tokenizer_meta, write_split
+from prepare import SST2_LABELS, StagedOutputs, default_out_dir, make_arg_parser, read_sst2, tokenizer_meta, write_split
 from tokenizer import MaskedLMTokenizer, load_meta, tokenizer_from_meta
 
 NAME = 'sst2'
@@ -50,8 +49,6 @@ def load_tokenizer(tokenizer_from, train_sentences, vocab_size):
 
 def prepare(out_dir=None, input_path=None, phrases=False, tokenizer_from=PRETRAINING_DIR, vocab_size=8192):
     """Write the files described above into `out_dir` and return that folder."""
-    if input_path is not None and not Path(input_path).is_dir():
-        raise UserError(f'--input {input_path}: no such folder')
     out_dir = Path(out_dir or default_out_dir(NAME))
     data = {split: read_sst2(name, out_dir, input_path) for split, name in (('train', 'train'), ('val', 'dev'))}
     if phrases:
@@ -59,7 +56,7 @@ def prepare(out_dir=None, input_path=None, phrases=False, tokenizer_from=PRETRAI
     tokenizer, source = load_tokenizer(tokenizer_from, data['train'][0], vocab_size)
     meta = tokenizer_meta(tokenizer, **tokenizer.special_ids(), label_names=list(SST2_LABELS), n_classes=len(SST2_LABELS),
                           tokenizer_from=source)
-    with staged_outputs(out_dir) as out:
+    with StagedOutputs(out_dir) as out:
         for split, (sentences, labels) in data.items():
             write_split(out, tokenizer, split, sentences, meta['dtype'])
             out.write_array(f'{split}.labels', [SST2_LABELS.index(label) for label in labels], np.int64)
