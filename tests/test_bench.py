@@ -63,12 +63,13 @@ def test_bad_settings_are_user_errors(flag):
 
 def test_peak_memory_of_a_step_shrinks_with_activation_checkpointing(shakespeare_char_dir, tmp_path):
     """A step's peak resident memory above its idle level, with and without checkpointed blocks (the activations
-    of 8 blocks of 64 x 256 x 64 floats: hundreds of MiB, far above the noise); the parameters trained and their state."""
+    of 8 blocks of 64 x 256 x 64 floats: ~620 MiB against ~280, where a checkpointing that kept the activations would
+    give ~1x; 1.5x leaves room for the allocator's noise on a loaded machine); the parameters trained, their state."""
     args = [f'--dataset={shakespeare_char_dir}', *TINY, '--n_layer=8', '--n_embd=64', '--block_size=256',
             '--batch_size=64', '--gradient_accumulation_steps=1', '--sample_tokens=0', '--measure_steps=1']
     plain, checkpointed = (bench.main([*args, f'--activation_checkpointing={setting}', '--json=True'])
                            for setting in ('none', 'block'))
-    assert plain['peak_memory_mib'] > 2 * checkpointed['peak_memory_mib'] > 0
+    assert plain['peak_memory_mib'] > 1.5 * checkpointed['peak_memory_mib'] > 0
     every = plain['params'] + 256 * 64  # params leaves the learned positions out, as GPT-2's counts do
     assert plain['trained_params'] == checkpointed['trained_params'] == every
     assert plain['optimizer_state_bytes'] == pytest.approx(2 * 4 * every, rel=1e-3)  # AdamW: two float32 moments a weight
