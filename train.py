@@ -231,6 +231,7 @@ class Trainer:
         self.peak = peak_flops(self.device, self.ptdtype) if self.master else 1.0
         if self.master and replaces:  # overwrite=True, and the run is ready to start: the old run goes
             remove_checkpoints(cfg.out_dir)
+        self.evaluation = Evaluation(cfg, self.data, self.meta, self.ranks, self.device, self.autocast)
         self.out.start(cfg, checkpoint, self.config)
 
     def prepare_model(self, checkpoint):
@@ -350,7 +351,7 @@ class Trainer:
 
     def evaluate_and_save(self):
         """The evaluation logged and recorded; a checkpoint saved when it is the best yet (or always_save_checkpoint)."""
-        train_loss, val_loss, metrics = self.evaluate()
+        train_loss, val_loss, metrics = self.evaluation.run(self.model, self.raw_model, self.master)
         self.out.evaluation(self.iter_num, self.elapsed, train_loss, val_loss, lr=self.lr, **metrics)
         if val_loss < self.best_val_loss or self.cfg.always_save_checkpoint:
             self.best_val_loss = min(self.best_val_loss, val_loss)
@@ -391,44 +392,51 @@ class Trainer:
         task = {'mask_prob': self.cfg.mask_prob} if isinstance(self.data, MaskedSentences) else {}
         return self.raw_model.estimate_mfu(tokens / self.world, dt, self.peak, **task)
 
-    def evaluate(self):
-        """(train loss, val loss, {the other figures}): the loss per target token over the same batches every time
-        (data.eval_rows), shared out among the ranks; where they apply, an encoder's accuracy, a GPT's bits per byte
-        (a loss that does not depend on the tokenizer) and a translator's BLEU."""
+
+class Evaluation:
+    """What a run measures at each evaluation, on both splits: the loss per target token over the same
+    batches every time (data.eval_rows), shared out among the ranks; where they apply, an encoder's
+    accuracy, a GPT's bits per byte (a loss that does not depend on the tokenizer) and a translator's BLEU."""
+
+    def __init__(self, cfg, data, meta, ranks, device, autocast):
+        self.cfg, self.data, self.meta, self.ranks, self.device, self.autocast = cfg, data, meta, ranks, device, autocast
+
+    def run(self, model, raw_model, master):
+        """(train loss, val loss, {the other figures}). raw_model: the model without DDP's wrapper."""
         cfg = self.cfg
-        losses = self.losses()
+        losses = self.losses(model, raw_model)
         train_loss, val_loss = losses.pop('train'), losses.pop('val')
         if cfg.model_type == 'gpt':
             losses['val_bpb'] = val_loss * self.data.tokens_per_byte(data_tokenizer(self.meta)) / math.log(2)
-        if cfg.model_type == 'seq2seq' and self.master and cfg.bleu_sentences > 0:
-            self.raw_model.eval()
+        if cfg.model_type == 'seq2seq' and master and cfg.bleu_sentences > 0:
+            raw_model.eval()
             with self.autocast:  # greedy translations of the first validation sentences
                 sources, references = self.data.texts('val', cfg.bleu_sentences)
-                hypotheses = generate.translate(self.raw_model, sources, data_tokenizer(self.meta), device=self.device)
-            self.raw_model.train()
+                hypotheses = generate.translate(raw_model, sources, data_tokenizer(self.meta), device=self.device)
+            raw_model.train()
             losses['bleu'] = generate.bleu_score(hypotheses, references).score
         return train_loss, val_loss, losses
 
     @torch.no_grad()
-    def losses(self):
-        cfg = self.cfg
-        self.model.eval()
+    def losses(self, model, raw_model):
+        model.eval()
         out = {}
+        rank, world = self.ranks.rank, self.ranks.world
         for split in ('train', 'val'):
-            batches = self.data.eval_rows(split, cfg.eval_iters, cfg.batch_size, cfg.seed + 1, self.world)
+            batches = self.data.eval_rows(split, self.cfg.eval_iters, self.cfg.batch_size, self.cfg.seed + 1, world)
             loss_sum, correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
-            for rows in batches[self.rank::self.world]:
+            for rows in batches[rank::world]:
                 batch = self.data.batch(split, rows)
                 with self.autocast:
-                    logits, loss = self.model(*batch)
+                    logits, loss = model(*batch)
                 loss_sum += loss.float() * self.data.num_targets(split, rows)
-                if cfg.model_type == 'encoder':
-                    correct += self.raw_model.count_correct(logits, batch[1])
+                if self.cfg.model_type == 'encoder':
+                    correct += raw_model.count_correct(logits, batch[1])
             num_targets = self.data.num_targets(split, torch.cat(batches)) or float('nan')  # none: no loss to report
             out[split] = distributed.all_sum(loss_sum).item() / num_targets
-            if cfg.model_type == 'encoder' and split == 'val':
+            if self.cfg.model_type == 'encoder' and split == 'val':
                 out['val_acc'] = distributed.all_sum(correct).item() / num_targets
-        self.model.train()
+        model.train()
         return out
 
 
