@@ -82,7 +82,7 @@ def load_checkpoint(out_dir, weights=True):
             checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
         except Exception as e:
             raise unreadable(path, e) from None
-    required = REQUIRED_KEYS[1:] if path == dcp else REQUIRED_KEYS  # a sharded one's model: read apart, or by FSDP
+    required = [key for key in REQUIRED_KEYS if weights or path != dcp or key != 'model']  # weights=False: FSDP's part
     if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in required):
         raise UserError(f"{path} is not a checkpoint of this project (it lacks {', '.join(REQUIRED_KEYS)})")
     return upgraded(checkpoint)
